@@ -1,0 +1,67 @@
+"""structlog set-up: JSON in production, console for people; secrets scrubbed on the way out.
+
+Events are snake_case verbs (``copy_started``); context is bound per job. A last processor
+removes anything that looks like a credential or a presigned query string, so a careless
+``log.info(..., url=...)`` cannot leak one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_FIELDS = re.compile(
+    r"(secret|password|token|authorization|signature|credential|access_key)", re.I)
+_PRESIGNED = re.compile(
+    r"(X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|"
+    r"x-oss-signature|q-signature|OSSAccessKeyId)=[^&\s\"']+", re.I)
+_AUTH_HEADER = re.compile(r"(Authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}]+", re.I)
+
+
+def scrub_text(text: str) -> str:
+    """Redact signatures, credentials and Authorization values inside free text."""
+    text = _PRESIGNED.sub(lambda m: f"{m.group(1)}=REDACTED", text)
+    return _AUTH_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
+
+
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if key != "event" and _SECRET_FIELDS.search(key):
+            event[key] = "REDACTED"
+        elif isinstance(value, str):
+            event[key] = scrub_text(value)
+    return event
+
+
+def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
+    """Configure structlog once per process."""
+    lvl = logging.getLevelName(level.upper())
+    if not isinstance(lvl, int):
+        lvl = logging.INFO
+    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    for noisy in ("botocore", "aiobotocore", "aioboto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+                     else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _scrub,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

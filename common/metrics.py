@@ -1,0 +1,62 @@
+"""Every Prometheus metric s3ferry exports, defined once, in base units.
+
+Labels stay low-cardinality: route, result, reason, operation, code, strategy. Never keys,
+buckets' prefixes or upload ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+_PART_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.bytes_copied = Counter(
+            "s3ferry_bytes_copied_total", "Bytes written to destinations.",
+            ["route"], registry=r)
+        self.objects = Counter(
+            "s3ferry_objects_total",
+            "Jobs finished, by result (copied, skipped, deleted, failed, vanished, archived, "
+            "retried).", ["route", "result"], registry=r)
+        self.verified = Counter(
+            "s3ferry_verified_total", "Copies verified, by method.",
+            ["method"], registry=r)
+        self.copy_duration = Histogram(
+            "s3ferry_copy_duration_seconds", "Wall time of one object copy.",
+            ["strategy"], buckets=_DURATION_BUCKETS, registry=r)
+        self.part_duration = Histogram(
+            "s3ferry_part_duration_seconds", "Wall time of one part (read and write).",
+            ["operation"], buckets=_PART_BUCKETS, registry=r)
+        self.jobs_in_flight = Gauge(
+            "s3ferry_jobs_in_flight", "Jobs being worked on now.", registry=r)
+        self.retries = Counter(
+            "s3ferry_retries_total", "In-process retries, by reason.", ["reason"], registry=r)
+        self.s3_errors = Counter(
+            "s3ferry_s3_errors_total", "Errors answered by S3, by operation and code.",
+            ["operation", "code"], registry=r)
+        self.dead_letters = Counter(
+            "s3ferry_dead_letters_total", "Messages sent to the dead-letter queue, by reason.",
+            ["reason"], registry=r)
+        self.messages_received = Counter(
+            "s3ferry_messages_received_total", "SQS messages received.", registry=r)
+        self.uploads_resumed = Counter(
+            "s3ferry_uploads_resumed_total", "Multipart uploads continued after a crash.",
+            registry=r)
+        self.parts_reused = Counter(
+            "s3ferry_parts_reused_total", "Parts found already uploaded on resume.",
+            registry=r)
+
+
+def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> int:
+    """Serve ``/metrics``; port 0 picks a free port. Returns the port actually bound."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])

@@ -1,0 +1,88 @@
+"""The one place where botocore and network errors become s3ferry errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common import errors
+
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+    "Throttling", "ThrottlingException", "RequestThrottled", "OperationAborted",
+    "500", "502", "503", "504", "BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody",
+})
+_EXPIRED_CODES = frozenset({
+    "ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "InvalidToken", "UnrecognizedClientException",
+    "InvalidClientTokenId", "AuthFailure",
+})
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden",
+                           "AccountProblem"})
+_CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
+_VANISHED_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError, or the exception's class name."""
+    response: Any = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status:
+            return str(status)
+    return type(exc).__name__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    network = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+               "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
+               "ClientPayloadError", "ServerDisconnectedError", "ClientConnectorError",
+               "ClientOSError", "HTTPClientError", "ConnectionError", "ProxyConnectionError"}
+    return bool(names & network) or isinstance(
+        exc, ConnectionError | asyncio.TimeoutError | TimeoutError)
+
+
+def classify(exc: BaseException, *, operation: str,
+             context: str = "") -> errors.FerryError:
+    """Translate a low-level error into the tree in :mod:`common.errors`.
+
+    ``operation`` is the S3 call (``GetObject``); ``context`` says what it was for, e.g. the
+    side (``source``/``destination``), and ends up in the reason text.
+    """
+    if isinstance(exc, errors.FerryError):
+        return exc
+    code = error_code(exc)
+    where = f"{operation}{' on ' + context if context else ''}"
+    text = f"{where}: {code}: {exc}"
+    if code in _EXPIRED_CODES or type(exc).__name__ in {"NoCredentialsError",
+                                                        "PartialCredentialsError"}:
+        return errors.ExpiredCredentials(text, reason=f"credentials:{code}")
+    if code in _CHANGED_CODES:
+        return errors.SourceChanged(text)
+    if code == "InvalidObjectState":
+        return errors.SourceArchived(text)
+    if code == "NoSuchBucket":
+        return errors.NoSuchBucket(text)
+    if code in _DENIED_CODES:
+        return errors.AccessDenied(text)
+    if code in _VANISHED_CODES and context == "source":
+        return errors.SourceVanished(text)
+    if code in _TRANSIENT_CODES or _is_network_error(exc):
+        return errors.RetryNow(text, reason=_retry_reason(code))
+    if code.isdigit() and code.startswith("5"):
+        return errors.RetryNow(text, reason="http_5xx")
+    return errors.GiveUp(text, reason=f"s3:{code}")
+
+
+def _retry_reason(code: str) -> str:
+    if code in {"SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "503"}:
+        return "throttled"
+    if code in {"InternalError", "500", "502", "504", "ServiceUnavailable"}:
+        return "server_error"
+    if code in {"BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"}:
+        return "corrupt_transfer"
+    return "network"

@@ -1,0 +1,186 @@
+"""Settings: read once at the entry point, passed down as frozen values.
+
+Two sources, merged: the environment (prefix ``S3FERRY_``) for process settings, and an
+optional TOML file (``S3FERRY_CONFIG``) that names endpoints::
+
+    [endpoints.global]
+    endpoint_url = "http://127.0.0.1:4566"      # omit for real AWS
+    region = "us-east-1"
+    addressing_style = "path"                   # auto | path | virtual
+    checksums = "when_supported"                # when_supported | when_required
+    server_side_copy = true                     # false for stores whose UploadPartCopy is broken
+    credentials = { kind = "static", access_key_id = "...", secret_access_key = "..." }
+    # or { kind = "profile", profile = "china" } / { kind = "env" } / { kind = "default" }
+
+    [endpoints.global.storage_class_map]        # optional, per destination
+    GLACIER = "STANDARD"
+
+Process settings may also appear in the TOML under ``[worker]``; the environment wins.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.errors import ConfigError
+from common.limits import MIB
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class StaticCredentials(BaseModel):
+    """Keys written in the file: for local emulators and tests, not for production."""
+
+    model_config = _FROZEN
+    kind: Literal["static"]
+    access_key_id: str
+    secret_access_key: SecretStr
+    session_token: SecretStr | None = None
+
+
+class ProfileCredentials(BaseModel):
+    """A named profile from ~/.aws/config (the usual way to reach AWS China)."""
+
+    model_config = _FROZEN
+    kind: Literal["profile"]
+    profile: str
+
+
+class EnvCredentials(BaseModel):
+    """Keys from prefixed environment variables, e.g. ``CHINA_AWS_ACCESS_KEY_ID``."""
+
+    model_config = _FROZEN
+    kind: Literal["env"]
+    prefix: str = ""
+
+
+class DefaultCredentials(BaseModel):
+    """botocore's default chain (instance role, IRSA, ECS task role, ...)."""
+
+    model_config = _FROZEN
+    kind: Literal["default"] = "default"
+
+
+Credentials = Annotated[
+    StaticCredentials | ProfileCredentials | EnvCredentials | DefaultCredentials,
+    Field(discriminator="kind"),
+]
+
+
+class Endpoint(BaseModel):
+    """One named S3 (and optionally SQS) endpoint with its own credentials."""
+
+    model_config = _FROZEN
+    name: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    checksums: Literal["when_supported", "when_required"] = "when_supported"
+    server_side_copy: bool = True
+    credentials: Credentials = DefaultCredentials()
+    storage_class_map: dict[str, str] = Field(default_factory=dict)
+    kms_key_id: str | None = None
+    max_pool_connections: int = Field(default=64, ge=1, le=1024)
+
+    def identity(self) -> tuple[object, ...]:
+        """What must be equal for a server-side copy to be possible: same service, same keys."""
+        creds = self.credentials
+        secret = creds.secret_access_key.get_secret_value() if isinstance(
+            creds, StaticCredentials) else None
+        return (self.endpoint_url, self.region, creds.kind,
+                getattr(creds, "access_key_id", None), secret, getattr(creds, "profile", None),
+                getattr(creds, "prefix", None))
+
+
+class WorkerSettings(BaseModel):
+    """How one worker process behaves; tuned per deployment."""
+
+    model_config = _FROZEN
+    max_jobs: int = Field(default=8, ge=1, le=512)
+    max_parts: int = Field(default=16, ge=1, le=512)
+    part_size: int = Field(default=8 * MIB, ge=5 * MIB)
+    multipart_threshold: int = Field(default=16 * MIB, ge=5 * MIB)
+    visibility_timeout: int = Field(default=60, ge=10, le=43_200)
+    wait_time_seconds: int = Field(default=20, ge=0, le=20)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    drain_seconds: float = Field(default=25.0, ge=0)
+    exit_when_idle: bool = False
+    idle_polls: int = Field(default=2, ge=1)
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a process needs, from ``S3FERRY_*`` and the optional TOML file."""
+
+    model_config = SettingsConfigDict(env_prefix="S3FERRY_", env_nested_delimiter="__",
+                                      extra="ignore", frozen=True)
+
+    config: Path | None = None
+    queue_endpoint: str = "queue"
+    queue_url: str = ""
+    dlq_url: str = ""
+    metrics_port: int = Field(default=9400, ge=0, le=65_535)
+    metrics_host: str = "0.0.0.0"
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+    worker: WorkerSettings = WorkerSettings()
+    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _name_endpoints(self) -> Settings:
+        for name, ep in list(self.endpoints.items()):
+            if ep.name != name:
+                self.endpoints[name] = ep.model_copy(update={"name": name})
+        return self
+
+    def endpoint(self, name: str) -> Endpoint:
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            known = ", ".join(sorted(self.endpoints)) or "none"
+            raise ConfigError(f"unknown endpoint {name!r} (configured: {known})") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the environment and the TOML file once; fail with the bad field named."""
+    try:
+        env_only = Settings(**overrides)
+        path = Path(config) if config else env_only.config
+        if path is None:
+            return env_only
+        data = _read_toml(path)
+        file_values: dict[str, Any] = {"endpoints": data.get("endpoints", {})}
+        if "worker" in data:
+            file_values["worker"] = data["worker"]
+        file_values.update(data.get("s3ferry", {}))
+        env_set = {k: v for k, v in env_only.model_dump(exclude_unset=True).items()}
+        merged = {**file_values, **env_set, **overrides, "config": path}
+        if "worker" in file_values and "worker" in env_set:
+            merged["worker"] = {**file_values["worker"], **env_set["worker"]}
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{where}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(lines)

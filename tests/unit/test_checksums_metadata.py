@@ -1,0 +1,89 @@
+"""Checksums combine across parts; metadata is carried over; secrets never logged."""
+
+import json
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common import checksums
+from common.fingerprint import SOURCE_ETAG, newer_than, user_metadata
+from common.jobs import CopyJob, DestinationRef, SourceRef
+from common.logs import scrub_text
+from common.settings import Endpoint
+from worker.metadata import storage_class_for, write_args
+from worker.source import SourceObject, source_object_from_head
+
+
+@given(data=st.binary(max_size=4096), cuts=st.lists(st.integers(0, 4096), max_size=6))
+def test_combined_part_checksums_equal_whole_object(data: bytes, cuts: list[int]) -> None:
+    points = sorted({0, len(data), *[c for c in cuts if c <= len(data)]})
+    pieces = [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
+    for algorithm in ("CRC32", "CRC32C", "CRC64NVME"):
+        whole = checksums.compute(algorithm, data)
+        combined = checksums.combine(algorithm, [checksums.compute(algorithm, p)
+                                                 for p in pieces])
+        assert combined.value == whole.value
+        wire = checksums.to_wire(algorithm, whole.value)
+        assert checksums.from_wire(algorithm, wire) == whole.value
+
+
+def test_composite_checksums_are_not_comparable() -> None:
+    composite = checksums.from_response({"ChecksumCRC32": "AAAAAA==-3",
+                                         "ChecksumType": "COMPOSITE"})
+    assert composite is not None and not composite.comparable()
+    full = checksums.from_response({"ChecksumCRC64NVME": "AAAAAAAAAAA=",
+                                    "ChecksumType": "FULL_OBJECT"})
+    assert full is not None and full.comparable()
+
+
+def make_job(**dest: str) -> CopyJob:
+    return CopyJob(source=SourceRef(endpoint="g", bucket="src", key="k"),
+                   destination=DestinationRef(endpoint="c", bucket="dst", key="k", **dest))
+
+
+def test_write_args_carry_headers_metadata_tags_and_fingerprint() -> None:
+    src = SourceObject(size=3, etag='"e1"', headers={"ContentType": "text/plain",
+                                                      "CacheControl": "max-age=60"},
+                       metadata={"owner": "ops"}, storage_class="STANDARD_IA")
+    args = write_args(src, make_job(), Endpoint(name="c"), tags={"a": "1", "b c": "d&e"})
+    assert args["ContentType"] == "text/plain" and args["CacheControl"] == "max-age=60"
+    assert user_metadata(args["Metadata"]) == {"owner": "ops"}
+    assert args["Metadata"][SOURCE_ETAG] == "e1"
+    assert args["Tagging"] == "a=1&b+c=d%26e"
+    assert args["StorageClass"] == "STANDARD_IA"
+
+
+def test_storage_class_mapping_and_kms_per_destination() -> None:
+    ep = Endpoint(name="c", storage_class_map={"GLACIER_IR": "STANDARD"}, kms_key_id="key-1")
+    assert storage_class_for("GLACIER_IR", make_job(), ep) is None
+    assert storage_class_for("GLACIER_IR", make_job(storage_class="ONEZONE_IA"), ep) == \
+        "ONEZONE_IA"
+    args = write_args(SourceObject(size=1, etag='"e"'), make_job(), ep, tags=None)
+    assert args["SSEKMSKeyId"] == "key-1" and args["ServerSideEncryption"] == "aws:kms"
+
+
+def test_archived_source_is_refused_at_head() -> None:
+    import pytest
+
+    from common.errors import SourceArchived
+    head = {"ContentLength": 1, "ETag": '"e"', "StorageClass": "GLACIER"}
+    with pytest.raises(SourceArchived):
+        source_object_from_head(head)
+    restored = dict(head, Restore='ongoing-request="false", expiry-date="x"')
+    assert source_object_from_head(restored).size == 1
+
+
+def test_sequencers_compare_after_padding() -> None:
+    assert newer_than("0062E99A88DC407460", "62E99A88DC40745F")
+    assert not newer_than("0055", "0056")
+    assert newer_than(None, "0056") and newer_than("01", None)
+
+
+def test_presigned_queries_and_auth_headers_are_scrubbed() -> None:
+    secret = os.urandom(8).hex()
+    url = (f"https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&"
+           f"X-Amz-Credential=AKIA{secret}&X-Amz-Signature={secret}")
+    text = scrub_text(f"GET {url} failed; headers={json.dumps({'Authorization': secret})}")
+    assert secret not in text
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in text

@@ -1,0 +1,87 @@
+"""The planner is pure: every rule is checked here without I/O."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.errors import Unsupported
+from common.limits import GIB, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE, TIB
+from worker.planner import Limits, Strategy, part_size_for, plan, split
+
+LIMITS = Limits(part_size=8 * MIB, multipart_threshold=16 * MIB)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MIB - 1, 5 * MIB, 5 * MIB + 1, 16 * MIB])
+def test_small_objects_stream_as_one_put(size: int) -> None:
+    p = plan(size=size, server_side=False, limits=LIMITS)
+    assert p.strategy is Strategy.STREAM_PUT
+    assert p.parts == ()
+
+
+def test_multipart_object_is_split_in_configured_parts() -> None:
+    p = plan(size=40 * MIB, server_side=False, limits=LIMITS)
+    assert p.strategy is Strategy.STREAM_MULTIPART
+    assert [part.length for part in p.parts] == [8 * MIB] * 5
+    assert p.parts[0].http_range == f"bytes=0-{8 * MIB - 1}"
+
+
+def test_same_endpoint_small_is_copy_object_and_large_is_part_copy() -> None:
+    assert plan(size=5 * GIB, server_side=True,
+                limits=Limits(server_copy_threshold=5 * GIB)).strategy is Strategy.SERVER_COPY
+    big = plan(size=5 * GIB + 1, server_side=True, limits=Limits(server_copy_threshold=5 * GIB))
+    assert big.strategy is Strategy.SERVER_MULTIPART
+    assert sum(p.length for p in big.parts) == 5 * GIB + 1
+
+
+def test_copy_object_never_planned_above_5_gib_whatever_the_threshold() -> None:
+    p = plan(size=5 * GIB + 1, server_side=True, limits=Limits(server_copy_threshold=50 * GIB))
+    assert p.strategy is Strategy.SERVER_MULTIPART
+
+
+def test_single_put_never_planned_above_5_gib() -> None:
+    p = plan(size=5 * GIB + 1, server_side=False,
+             limits=Limits(multipart_threshold=50 * GIB))
+    assert p.strategy is Strategy.STREAM_MULTIPART
+
+
+def test_5_gib_boundary_object_streams_in_parts_within_limits() -> None:
+    p = plan(size=5 * GIB, server_side=False, limits=LIMITS)
+    assert p.strategy is Strategy.STREAM_MULTIPART
+    assert len(p.parts) == 640
+    assert all(MIN_PART_SIZE <= part.length <= MAX_PART_SIZE for part in p.parts)
+
+
+def test_part_size_grows_to_keep_10000_parts() -> None:
+    size = 1 * TIB
+    ps = part_size_for(size, 8 * MIB)
+    assert -(-size // ps) <= MAX_PARTS
+    assert ps % MIB == 0
+
+
+def test_too_large_object_is_unsupported_not_a_crash() -> None:
+    with pytest.raises(Unsupported):
+        plan(size=MAX_PARTS * MAX_PART_SIZE + 1, server_side=False, limits=Limits(
+            max_object_size=MAX_PARTS * MAX_PART_SIZE * 2))
+    with pytest.raises(Unsupported):
+        plan(size=6 * TIB, server_side=False, limits=Limits(max_object_size=5 * TIB))
+
+
+def test_plan_is_frozen() -> None:
+    p = plan(size=40 * MIB, server_side=False, limits=LIMITS)
+    with pytest.raises(AttributeError):
+        p.size = 1  # type: ignore[misc]
+
+
+@given(size=st.integers(min_value=1, max_value=MAX_PARTS * MAX_PART_SIZE),
+       preferred=st.integers(min_value=1, max_value=6 * GIB))
+def test_parts_cover_every_byte_once_within_s3_limits(size: int, preferred: int) -> None:
+    ps = part_size_for(size, preferred)
+    assert MIN_PART_SIZE <= ps <= MAX_PART_SIZE
+    count = -(-size // ps)
+    assert 1 <= count <= MAX_PARTS
+    if size <= 50 * GIB:  # materialise only what is cheap
+        parts = split(size, ps)
+        assert parts[0].start == 0 and parts[-1].end == size - 1
+        assert all(a.end + 1 == b.start for a, b in zip(parts, parts[1:], strict=False))
+        assert all(p.length == ps for p in parts[:-1]) and 0 < parts[-1].length <= ps
+        assert [p.number for p in parts] == list(range(1, len(parts) + 1))

@@ -1,0 +1,111 @@
+"""``s3ferry worker``: wire settings, clients, metrics and the consumer; handle signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from common.clients import ClientPool
+from common.errors import ConfigError
+from common.logs import configure_logging, get_logger
+from common.metrics import WorkerMetrics, serve_metrics
+from common.retry import RetryPolicy
+from common.settings import Settings, load_settings
+from worker.consumer import Consumer, Summary
+from worker.planner import Limits
+from worker.replicate import Replicator
+from worker.transfer import Transfer
+
+log = get_logger(__name__)
+
+
+def limits_from(settings: Settings) -> Limits:
+    w = settings.worker
+    return Limits(part_size=w.part_size, multipart_threshold=w.multipart_threshold)
+
+
+async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None,
+                     consumer_ready: asyncio.Future[Consumer] | None = None) -> Summary:
+    """Run until SIGTERM/SIGINT (or idle, with ``exit_when_idle``); return what was done."""
+    if not settings.queue_url or not settings.dlq_url:
+        raise ConfigError("S3FERRY_QUEUE_URL and S3FERRY_DLQ_URL must be set")
+    w = settings.worker
+    metrics = metrics or WorkerMetrics()
+    retry = RetryPolicy(attempts=w.retry_attempts, max_seconds=w.retry_max_seconds)
+    async with ClientPool(settings.endpoints, pool=w.max_parts + w.max_jobs) as clients:
+        sqs = await clients.get(settings.queue_endpoint, "sqs")
+        transfer = Transfer(part_slots=asyncio.Semaphore(w.max_parts), metrics=metrics,
+                            retry=retry)
+        replicator = Replicator(clients=clients, transfer=transfer,
+                                limits=limits_from(settings), metrics=metrics, retry=retry)
+        consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,
+                            replicator=replicator, settings=w, metrics=metrics)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, consumer.stop)
+        if consumer_ready is not None:
+            consumer_ready.set_result(consumer)
+        try:
+            log.info("worker_started", queue_endpoint=settings.queue_endpoint,
+                     max_jobs=w.max_jobs, max_parts=w.max_parts, part_size=w.part_size)
+            summary = await consumer.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    log.info("worker_stopped", **summary.as_dict())
+    return summary
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="s3ferry worker")
+    parser.description = ("Consume copy jobs from SQS and copy objects between endpoints, "
+                          "verified by checksum. Settings come from S3FERRY_* variables and "
+                          "the TOML file named by --config / S3FERRY_CONFIG.")
+    parser.add_argument("--config", help="TOML file naming endpoints (S3FERRY_CONFIG)")
+    parser.add_argument("--queue-url", help="job queue URL (S3FERRY_QUEUE_URL)")
+    parser.add_argument("--dlq-url", help="dead-letter queue URL (S3FERRY_DLQ_URL)")
+    parser.add_argument("--metrics-port", type=int,
+                        help="port for /metrics; 0 picks a free one (S3FERRY_METRICS_PORT)")
+    parser.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    parser.add_argument("--exit-when-idle", action="store_true",
+                        help="exit 0 once the queue is empty and nothing is in flight")
+    parser.add_argument("--summary-json", help="write the final summary to this file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.queue_url:
+        overrides["queue_url"] = args.queue_url
+    if args.dlq_url:
+        overrides["dlq_url"] = args.dlq_url
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
+    try:
+        settings = load_settings(args.config, **overrides)
+        if args.exit_when_idle:
+            settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+                update={"exit_when_idle": True})})
+    except ConfigError as exc:
+        print(f"s3ferry worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    metrics = WorkerMetrics()
+    if not args.no_metrics:
+        port = serve_metrics(metrics.registry, host=settings.metrics_host,
+                             port=settings.metrics_port)
+        log.info("metrics_serving", port=port, path="/metrics")
+    try:
+        summary = asyncio.run(run_worker(settings, metrics=metrics))
+    except ConfigError as exc:
+        print(f"s3ferry worker: {exc}", file=sys.stderr)
+        return 2
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(summary.as_dict(), fh)
+    return 0

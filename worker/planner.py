@@ -1,0 +1,123 @@
+"""The planner: a pure function from (source object, endpoints, limits) to a frozen Plan.
+
+It makes no calls; :mod:`worker.transfer` only executes what it decides. Rules:
+
+* same endpoint and credentials, server-side copy allowed:
+  ``server_copy`` (CopyObject, <= 5 GiB and below ``server_copy_threshold``) or
+  ``server_multipart`` (UploadPartCopy in parallel);
+* different endpoints: ``stream_put`` (one GET, one PUT) for small objects, otherwise
+  ``stream_multipart`` (ranged GET -> UploadPart, parts in parallel, memory bounded by
+  part size x parts in flight, no temporary files).
+
+Part sizes honour S3's limits: at most 10,000 parts, each 5 MiB..5 GiB (the last smaller).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from common.errors import Unsupported
+from common.limits import (
+    GIB,
+    MAX_COPY_OBJECT,
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MAX_SINGLE_PUT,
+    MIB,
+    MIN_PART_SIZE,
+)
+
+
+class Strategy(StrEnum):
+    SERVER_COPY = "server_copy"
+    SERVER_MULTIPART = "server_multipart"
+    STREAM_PUT = "stream_put"
+    STREAM_MULTIPART = "stream_multipart"
+
+    @property
+    def server_side(self) -> bool:
+        return self in (Strategy.SERVER_COPY, Strategy.SERVER_MULTIPART)
+
+    @property
+    def multipart(self) -> bool:
+        return self in (Strategy.SERVER_MULTIPART, Strategy.STREAM_MULTIPART)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Tunables; S3's own limits are constants in :mod:`common.limits`."""
+
+    part_size: int = 8 * MIB
+    multipart_threshold: int = 16 * MIB
+    server_copy_threshold: int = 1 * GIB
+    server_part_size: int = 256 * MIB
+    max_object_size: int = MAX_OBJECT_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Part ``number`` (1-based) covers bytes ``start`` .. ``end`` inclusive."""
+
+    number: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def http_range(self) -> str:
+        return f"bytes={self.start}-{self.end}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: Strategy
+    size: int
+    part_size: int
+    parts: tuple[Part, ...]
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """The smallest size >= ``preferred`` (and >= 5 MiB) that fits ``size`` in 10,000 parts.
+
+    Rounded up to a whole MiB so part boundaries stay aligned; raises Unsupported when even
+    5 GiB parts cannot hold the object.
+    """
+    if size > MAX_PARTS * MAX_PART_SIZE:
+        raise Unsupported(f"object of {size} bytes exceeds {MAX_PARTS} parts of 5 GiB")
+    chosen = max(preferred, MIN_PART_SIZE)
+    needed = -(-size // MAX_PARTS)  # ceil
+    if needed > chosen:
+        chosen = -(-needed // MIB) * MIB
+    return min(chosen, MAX_PART_SIZE)
+
+
+def split(size: int, part_size: int) -> tuple[Part, ...]:
+    """Cover ``size`` bytes with parts of ``part_size`` (the last one smaller)."""
+    if size == 0:
+        return ()
+    return tuple(
+        Part(number=i + 1, start=start, end=min(start + part_size, size) - 1)
+        for i, start in enumerate(range(0, size, part_size)))
+
+
+def plan(*, size: int, server_side: bool, limits: Limits) -> Plan:
+    """Choose how to copy an object of ``size`` bytes."""
+    if size < 0:
+        raise ValueError("size must be >= 0")
+    if size > limits.max_object_size:
+        raise Unsupported(f"object of {size} bytes exceeds the maximum object size "
+                          f"{limits.max_object_size}")
+    if server_side:
+        if size <= min(limits.server_copy_threshold, MAX_COPY_OBJECT):
+            return Plan(Strategy.SERVER_COPY, size, size, ())
+        ps = part_size_for(size, limits.server_part_size)
+        return Plan(Strategy.SERVER_MULTIPART, size, ps, split(size, ps))
+    if size <= min(limits.multipart_threshold, MAX_SINGLE_PUT):
+        return Plan(Strategy.STREAM_PUT, size, size, ())
+    ps = part_size_for(size, limits.part_size)
+    return Plan(Strategy.STREAM_MULTIPART, size, ps, split(size, ps))

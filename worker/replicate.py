@@ -1,0 +1,152 @@
+"""One job, start to finish: look, decide, copy, verify. Returns what happened.
+
+    HEAD source -> HEAD destination (already there? newer? -> skip) -> plan -> tags ->
+    transfer -> verify -> JobResult
+
+Errors propagate as the tree in :mod:`common.errors`; the consumer decides what a failure
+means for the message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from common.checksums import from_response
+from common.clients import ClientPool
+from common.errors import VerificationFailed
+from common.fingerprint import SEQUENCER, SOURCE_ETAG, newer_than
+from common.jobs import CopyJob, DeleteJob
+from common.logs import get_logger
+from common.metrics import WorkerMetrics
+from common.retry import RetryPolicy, retrying
+from common.s3errors import classify, error_code
+from worker.metadata import write_args
+from worker.planner import Limits, plan
+from worker.source import ByteSource, S3Source, SourceObject
+from worker.transfer import Destination, Transfer, Written
+from worker.verify import verify_head, verify_response
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobResult:
+    result: str  # copied | skipped | deleted
+    bytes: int = 0
+    strategy: str = ""
+    verified: str = ""
+    reason: str = ""
+    resumed: bool = False
+
+
+def already_there(src: SourceObject, head: Mapping[str, Any] | None) -> str:
+    """Why the destination already holds this version ("" when it does not)."""
+    if head is None or int(head.get("ContentLength", -1)) != src.size:
+        return ""
+    stored = (head.get("Metadata") or {}).get(SOURCE_ETAG)
+    if stored is not None and stored == src.etag.strip('"'):
+        return "fingerprint"
+    theirs = from_response(head)
+    mine = src.checksum
+    if mine and theirs and mine.comparable() and theirs.full_object and (
+            mine.algorithm, mine.value) == (theirs.algorithm, theirs.value):
+        return "checksum"
+    return ""
+
+
+def stale(sequencer: str | None, head: Mapping[str, Any] | None) -> bool:
+    """True when the destination was written from a newer event than this job's."""
+    if head is None or sequencer is None:
+        return False
+    applied = (head.get("Metadata") or {}).get(SEQUENCER)
+    return applied is not None and not newer_than(sequencer, applied) and applied != sequencer
+
+
+class Replicator:
+    """Executes jobs with shared clients, limits and metrics (one per worker process)."""
+
+    def __init__(self, *, clients: ClientPool, transfer: Transfer, limits: Limits,
+                 metrics: WorkerMetrics, retry: RetryPolicy) -> None:
+        self._clients = clients
+        self._transfer = transfer
+        self._limits = limits
+        self._metrics = metrics
+        self._retry = retry
+
+    async def _head_destination(self, client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+        async def call() -> dict[str, Any] | None:
+            try:
+                head: dict[str, Any] = await client.head_object(
+                    Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+                return head
+            except Exception as exc:
+                if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                    return None
+                raise classify(exc, operation="HeadObject", context="destination") from exc
+        return await retrying(call, self._retry)
+
+    async def source_for(self, job: CopyJob) -> ByteSource:
+        """The seam: today an S3 client; a presigned-URL source plugs in here."""
+        client = await self._clients.get(job.source.endpoint)
+        return S3Source(client, bucket=job.source.bucket, key=job.source.key,
+                        version_id=job.source.version_id)
+
+    async def copy(self, job: CopyJob, *, final_attempt: bool) -> JobResult:
+        started = time.monotonic()
+        source = await self.source_for(job)
+        src = await retrying(source.head, self._retry)
+        if job.source.etag and job.source.etag.strip('"') != src.etag.strip('"'):
+            log.info("source_newer_than_job")
+        dst_ep = self._clients.endpoint(job.destination.endpoint)
+        dest = Destination(client=await self._clients.get(job.destination.endpoint),
+                           endpoint=dst_ep, bucket=job.destination.bucket,
+                           key=job.destination.key)
+        head = await self._head_destination(dest.client, dest.bucket, dest.key)
+        if stale(job.options.sequencer, head):
+            return JobResult(result="skipped", reason="stale_event")
+        if why := already_there(src, head):
+            return JobResult(result="skipped", reason=f"already_copied:{why}")
+        src_ep = self._clients.endpoint(job.source.endpoint)
+        server_side = (src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
+                       and source.copy_source() is not None)
+        the_plan = plan(size=src.size, server_side=server_side, limits=self._limits)
+        tags = await retrying(source.tags, self._retry) if job.options.preserve_tags else None
+        args = write_args(src, job, dst_ep, tags=tags)
+        written = await self._transfer.execute(the_plan, source, src, dest, args,
+                                               final_attempt=final_attempt)
+        method = await self._verify(dest, src, written)
+        self._metrics.copy_duration.labels(the_plan.strategy.value).observe(
+            time.monotonic() - started)
+        return JobResult(result="copied", bytes=src.size, strategy=the_plan.strategy.value,
+                         verified=method, resumed=written.resumed)
+
+    async def _verify(self, dest: Destination, src: SourceObject, written: Written) -> str:
+        method = verify_response(written)
+        if method is not None:
+            return method
+        head = await self._head_destination(dest.client, dest.bucket, dest.key)
+        if head is None:
+            raise VerificationFailed("destination missing right after the copy")
+        return verify_head(head, src, written)
+
+    async def delete(self, job: DeleteJob) -> JobResult:
+        client = await self._clients.get(job.destination.endpoint)
+        ref = job.destination
+        head = await self._head_destination(client, ref.bucket, ref.key)
+        if head is None:
+            return JobResult(result="skipped", reason="already_absent")
+        if stale(job.sequencer, head):
+            return JobResult(result="skipped", reason="stale_event")
+
+        async def call() -> Any:
+            try:
+                return await client.delete_object(Bucket=ref.bucket, Key=ref.key)
+            except Exception as exc:
+                raise classify(exc, operation="DeleteObject", context="destination") from exc
+
+        await retrying(partial(call), self._retry)
+        return JobResult(result="deleted")

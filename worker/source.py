@@ -1,0 +1,127 @@
+"""Where the bytes come from: the one seam between "an S3 client" and "a presigned URL".
+
+A :class:`ByteSource` answers three questions: what is the object (``head``), give me these
+bytes of exactly that version (``read`` with an If-Match pin), and what are its tags. Transfer
+code only sees this protocol; server-side copies additionally ask ``copy_source`` and get
+``None`` from sources that cannot be copied server-side (a presigned URL, another endpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from common.checksums import ObjectChecksum, from_response
+from common.errors import SourceArchived
+from common.s3errors import classify
+from worker.planner import Part
+
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+HEADER_FIELDS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
+                 "ContentLanguage", "Expires")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceObject:
+    """What HEAD said about the source, pinned by ``etag`` for every later read."""
+
+    size: int
+    etag: str
+    version_id: str | None = None
+    last_modified: datetime | None = None
+    checksum: ObjectChecksum | None = None
+    storage_class: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def source_object_from_head(head: Mapping[str, Any]) -> SourceObject:
+    """Build a SourceObject from a HEAD answer; refuse archived objects up front."""
+    storage_class = head.get("StorageClass")
+    restore = str(head.get("Restore") or "")
+    restored = 'ongoing-request="false"' in restore
+    archived = (storage_class in ARCHIVE_CLASSES and not restored) or head.get(
+        "ArchiveStatus") in {"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"}
+    if archived:
+        raise SourceArchived(f"source is archived ({storage_class or head.get('ArchiveStatus')})"
+                             "; restore it first")
+    headers = {k: head[k] for k in HEADER_FIELDS if head.get(k) is not None}
+    if "Expires" not in headers and head.get("ExpiresString"):
+        headers["Expires"] = head["ExpiresString"]
+    return SourceObject(
+        size=int(head["ContentLength"]),
+        etag=str(head["ETag"]),
+        version_id=head.get("VersionId"),
+        last_modified=head.get("LastModified"),
+        checksum=from_response(head),
+        storage_class=storage_class,
+        headers=headers,
+        metadata=dict(head.get("Metadata") or {}),
+    )
+
+
+class ByteSource(Protocol):
+    """Reads one source object. Implementations: :class:`S3Source` (later: presigned URLs)."""
+
+    description: str
+
+    async def head(self) -> SourceObject: ...
+
+    async def read(self, part: Part | None, *, etag: str) -> bytes:
+        """The bytes of ``part`` (or the whole object), only if the ETag still matches."""
+        ...
+
+    async def tags(self) -> dict[str, str]: ...
+
+    def copy_source(self) -> dict[str, str] | None:
+        """The CopySource argument for a server-side copy, or None when impossible."""
+        ...
+
+
+class S3Source:
+    """A source read with an S3 client (the normal case)."""
+
+    def __init__(self, client: Any, *, bucket: str, key: str,
+                 version_id: str | None = None) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.key = key
+        self.version_id = version_id
+        self.description = f"s3://{bucket}"
+
+    def _ref(self) -> dict[str, str]:
+        ref = {"Bucket": self.bucket, "Key": self.key}
+        if self.version_id:
+            ref["VersionId"] = self.version_id
+        return ref
+
+    async def head(self) -> SourceObject:
+        try:
+            head = await self._client.head_object(**self._ref(), ChecksumMode="ENABLED")
+        except Exception as exc:
+            raise classify(exc, operation="HeadObject", context="source") from exc
+        return source_object_from_head(head)
+
+    async def read(self, part: Part | None, *, etag: str) -> bytes:
+        kwargs: dict[str, Any] = {**self._ref(), "IfMatch": etag}
+        if part is not None:
+            kwargs["Range"] = part.http_range
+        try:
+            response = await self._client.get_object(**kwargs)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:
+            raise classify(exc, operation="GetObject", context="source") from exc
+        return data
+
+    async def tags(self) -> dict[str, str]:
+        try:
+            response = await self._client.get_object_tagging(**self._ref())
+        except Exception as exc:
+            raise classify(exc, operation="GetObjectTagging", context="source") from exc
+        return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
+
+    def copy_source(self) -> dict[str, str] | None:
+        return self._ref()

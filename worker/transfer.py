@@ -1,0 +1,333 @@
+"""Executes a Plan: moves the bytes and returns what the destination must now hold.
+
+Four strategies (chosen by :mod:`worker.planner`):
+
+* ``stream_put``        one pinned GET, one PUT with the checksum we computed;
+* ``stream_multipart``  pinned ranged GETs -> UploadPart, parts in parallel under a shared
+                        slot limit (memory <= part size x slots), per-part CRCs combined into
+                        one full-object checksum, resumable;
+* ``server_copy``       CopyObject with CopySourceIfMatch (same endpoint, <= 5 GiB);
+* ``server_multipart``  UploadPartCopy in parallel with CopySourceIfMatch.
+
+Every read is pinned to the ETag seen by HEAD, so a source overwritten mid-copy fails with
+SourceChanged and never yields a mixed object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+from common import checksums
+from common.errors import FerryError, GiveUp, Outcome, Redeliver, RetryNow, SourceChanged
+from common.metrics import WorkerMetrics
+from common.retry import RetryPolicy, retrying
+from common.s3errors import classify, error_code
+from common.settings import Endpoint
+from worker.multipart import MultipartUpload, UploadedPart
+from worker.planner import Part, Plan, Strategy
+from worker.source import ByteSource, SourceObject
+
+T = TypeVar("T")
+CLOCK_SKEW = timedelta(minutes=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Destination:
+    client: Any
+    endpoint: Endpoint
+    bucket: str
+    key: str
+
+    @property
+    def checksums(self) -> bool:
+        """Whether this store takes and reports flexible checksums."""
+        return self.endpoint.checksums == "when_supported"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Written:
+    """What the write answered: the checksum the destination now reports (if any)."""
+
+    algorithm: str | None
+    expected: str | None
+    reported: str | None
+    source_checked: bool
+    response: dict[str, Any]
+    fallback: str = "upload_checksum"
+    resumed: bool = False
+
+
+def checksum_algorithm(src: SourceObject) -> str:
+    """Keep the source's algorithm when it is comparable, so both sides stay comparable."""
+    if src.checksum is not None and src.checksum.comparable():
+        return src.checksum.algorithm
+    return checksums.DEFAULT_ALGORITHM
+
+
+def check_source(src: SourceObject, algorithm: str, computed: checksums.PartChecksum) -> bool:
+    """Compare what we read with the source's own full-object checksum, when it has one."""
+    if src.checksum is None or not src.checksum.comparable():
+        return False
+    if src.checksum.algorithm != algorithm:
+        return False
+    if checksums.to_wire(algorithm, computed.value) != src.checksum.value:
+        raise SourceChanged(f"bytes read do not match the source's {algorithm} checksum")
+    return True
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+
+_SEVERITY: tuple[type[BaseException], ...] = (GiveUp, Outcome, SourceChanged, Redeliver,
+                                              RetryNow, FerryError, Exception)
+
+
+def most_significant(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The leaf error that decides what happens to the job (give up beats retry)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in _SEVERITY:
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]
+
+
+async def gather_parts(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run parts in a TaskGroup (one failure cancels its siblings); raise one plain error."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except BaseExceptionGroup as group_error:
+        raise most_significant(group_error) from None
+    return [t.result() for t in tasks]
+
+
+class Transfer:
+    """Runs plans. One per worker: ``part_slots`` is shared by every job in the process."""
+
+    def __init__(self, *, part_slots: asyncio.Semaphore, metrics: WorkerMetrics,
+                 retry: RetryPolicy) -> None:
+        self._slots = part_slots
+        self._metrics = metrics
+        self._retry_policy = retry
+
+    async def _call(self, operation: str, context: str,
+                    fn: Callable[[], Awaitable[T]]) -> T:
+        """One S3 call, classified, retried when transient, counted when it fails."""
+        async def attempt() -> T:
+            try:
+                return await fn()
+            except FerryError:
+                raise
+            except Exception as exc:
+                self._metrics.s3_errors.labels(operation, error_code(exc)).inc()
+                raise classify(exc, operation=operation, context=context) from exc
+
+        def on_retry(exc: RetryNow, _: int) -> None:
+            self._metrics.retries.labels(exc.reason).inc()
+
+        return await retrying(attempt, self._retry_policy, on_retry)
+
+    async def execute(self, plan: Plan, source: ByteSource, src: SourceObject,
+                      dest: Destination, args: dict[str, Any], *,
+                      final_attempt: bool) -> Written:
+        if plan.strategy is Strategy.STREAM_PUT:
+            return await self._stream_put(source, src, dest, args)
+        if plan.strategy is Strategy.STREAM_MULTIPART:
+            return await self._stream_multipart(plan, source, src, dest, args, final_attempt)
+        copy_source = source.copy_source()
+        if copy_source is None:
+            raise GiveUp("server-side copy planned for a source that cannot be copied "
+                         "server-side", reason="unsupported")
+        if plan.strategy is Strategy.SERVER_COPY:
+            return await self._server_copy(copy_source, src, dest, args)
+        return await self._server_multipart(plan, copy_source, src, dest, args, final_attempt)
+
+    # -- streamed -----------------------------------------------------------------------
+
+    async def _read(self, source: ByteSource, src: SourceObject, part: Part | None) -> bytes:
+        data = await self._call("GetObject", "source", partial(source.read, part, etag=src.etag))
+        expected = part.length if part is not None else src.size
+        if len(data) != expected:
+            raise RetryNow(f"short read: {len(data)} of {expected} bytes",
+                           reason="corrupt_transfer")
+        return data
+
+    async def _stream_put(self, source: ByteSource, src: SourceObject, dest: Destination,
+                          args: dict[str, Any]) -> Written:
+        async with self._slots:
+            started = time.monotonic()
+            data = await self._read(source, src, None)
+            algorithm = checksum_algorithm(src)
+            computed = checksums.compute(algorithm, data)
+            source_checked = check_source(src, algorithm, computed)
+            wire = checksums.to_wire(algorithm, computed.value)
+            put = dict(args)
+            if dest.checksums:
+                put[f"Checksum{algorithm}"] = wire
+            else:
+                put["ContentMD5"] = md5_b64(data)
+            response = await self._call("PutObject", "destination", partial(
+                dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=data, **put))
+            self._metrics.part_duration.labels("put").observe(time.monotonic() - started)
+        return Written(algorithm=algorithm if dest.checksums else None,
+                       expected=wire if dest.checksums else None,
+                       reported=response.get(f"Checksum{algorithm}"),
+                       source_checked=source_checked, response=response,
+                       fallback="upload_checksum" if dest.checksums else "content_md5")
+
+    async def _stream_part(self, up: MultipartUpload, source: ByteSource, src: SourceObject,
+                           dest: Destination, part: Part, algorithm: str) -> UploadedPart:
+        async with self._slots:
+            started = time.monotonic()
+            data = await self._read(source, src, part)
+            computed = checksums.compute(algorithm, data)
+            wire = checksums.to_wire(algorithm, computed.value)
+            kwargs: dict[str, Any] = {}
+            if dest.checksums:
+                kwargs[f"Checksum{algorithm}"] = wire
+            else:
+                kwargs["ContentMD5"] = md5_b64(data)
+            response = await self._call("UploadPart", "destination", partial(
+                dest.client.upload_part, Bucket=dest.bucket, Key=dest.key,
+                UploadId=up.upload_id, PartNumber=part.number, Body=data, **kwargs))
+            self._metrics.part_duration.labels("upload_part").observe(
+                time.monotonic() - started)
+        return UploadedPart(part.number, response["ETag"], part.length, computed, wire)
+
+    def _may_resume(self, src: SourceObject, dest: Destination) -> Callable[[datetime], bool]:
+        """Parts of an earlier upload are reused only if they provably hold this version.
+
+        With a comparable source checksum and a checksumming destination the combined
+        checksum is checked before completing, so stale parts cannot slip through; otherwise
+        the upload must have started after the source was last modified (plus clock skew).
+        """
+        provable = dest.checksums and src.checksum is not None and src.checksum.comparable()
+
+        def decide(initiated: datetime) -> bool:
+            if provable:
+                return True
+            return src.last_modified is not None and initiated > src.last_modified + CLOCK_SKEW
+
+        return decide
+
+    async def _stream_multipart(self, plan: Plan, source: ByteSource, src: SourceObject,
+                                dest: Destination, args: dict[str, Any],
+                                final_attempt: bool) -> Written:
+        algorithm = checksum_algorithm(src)
+        create = dict(args)
+        if dest.checksums:
+            create.update(ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT")
+        upload = MultipartUpload(
+            dest.client, bucket=dest.bucket, key=dest.key, create_args=create,
+            algorithm=algorithm if dest.checksums else None,
+            expected_sizes={p.number: p.length for p in plan.parts},
+            may_resume=self._may_resume(src, dest), abort_always=final_attempt)
+        async with upload as up:
+            done = dict(up.existing)
+            if up.resumed:
+                self._metrics.uploads_resumed.inc()
+                self._metrics.parts_reused.inc(len(done))
+            todo = [p for p in plan.parts if p.number not in done]
+            for part in await gather_parts(
+                    self._stream_part(up, source, src, dest, p, algorithm) for p in todo):
+                done[part.number] = part
+            parts = [done[p.number] for p in plan.parts]
+            return await self._complete(up, parts, src, dest, algorithm)
+
+    async def _complete(self, up: MultipartUpload, parts: list[UploadedPart],
+                        src: SourceObject, dest: Destination, algorithm: str) -> Written:
+        source_checked, wire = False, None
+        if all(p.checksum is not None for p in parts):
+            combined = checksums.combine(algorithm, [p.checksum for p in parts if p.checksum])
+            source_checked = check_source(src, algorithm, combined)
+            wire = checksums.to_wire(algorithm, combined.value)
+        extra: dict[str, Any] = {"MpuObjectSize": src.size}
+        if dest.checksums and wire:
+            extra.update({f"Checksum{algorithm}": wire, "ChecksumType": "FULL_OBJECT"})
+        response = await self._call("CompleteMultipartUpload", "destination",
+                                    partial(up.complete, parts, extra=extra))
+        return Written(algorithm=algorithm if dest.checksums else None,
+                       expected=wire if dest.checksums else None,
+                       reported=response.get(f"Checksum{algorithm}"),
+                       source_checked=source_checked, response=response, resumed=up.resumed,
+                       fallback="upload_checksum" if dest.checksums else "content_md5")
+
+    # -- server-side ----------------------------------------------------------------------
+
+    async def _server_copy(self, copy_source: dict[str, str], src: SourceObject,
+                           dest: Destination, args: dict[str, Any]) -> Written:
+        algorithm = checksum_algorithm(src)
+        kwargs = dict(args, CopySource=copy_source, CopySourceIfMatch=src.etag,
+                      MetadataDirective="REPLACE", TaggingDirective="REPLACE")
+        if dest.checksums:
+            kwargs["ChecksumAlgorithm"] = algorithm
+        started = time.monotonic()
+        response = await self._call("CopyObject", "source", partial(
+            dest.client.copy_object, Bucket=dest.bucket, Key=dest.key, **kwargs))
+        self._metrics.part_duration.labels("copy_object").observe(time.monotonic() - started)
+        result = response.get("CopyObjectResult", {})
+        expected = src.checksum.value if (
+            src.checksum is not None and src.checksum.comparable()) else None
+        return Written(algorithm=algorithm if dest.checksums else None, expected=expected,
+                       reported=result.get(f"Checksum{algorithm}"),
+                       source_checked=expected is not None, response=response,
+                       fallback="server_pinned")
+
+    async def _copy_part(self, up: MultipartUpload, copy_source: dict[str, str],
+                         src: SourceObject, dest: Destination, part: Part,
+                         algorithm: str | None) -> UploadedPart:
+        async with self._slots:
+            started = time.monotonic()
+            response = await self._call("UploadPartCopy", "source", partial(
+                dest.client.upload_part_copy, Bucket=dest.bucket, Key=dest.key,
+                UploadId=up.upload_id, PartNumber=part.number, CopySource=copy_source,
+                CopySourceIfMatch=src.etag, CopySourceRange=part.http_range))
+            self._metrics.part_duration.labels("upload_part_copy").observe(
+                time.monotonic() - started)
+        result = response.get("CopyPartResult", {})
+        if not result.get("ETag"):
+            raise GiveUp("UploadPartCopy answered without an ETag; disable server_side_copy "
+                         "for this endpoint", reason="unsupported")
+        wire = result.get(f"Checksum{algorithm}") if algorithm else None
+        crc = checksums.PartChecksum(checksums.from_wire(algorithm, wire), part.length) if (
+            algorithm and wire) else None
+        return UploadedPart(part.number, result["ETag"], part.length, crc, wire)
+
+    async def _server_multipart(self, plan: Plan, copy_source: dict[str, str],
+                                src: SourceObject, dest: Destination, args: dict[str, Any],
+                                final_attempt: bool) -> Written:
+        algorithm = checksum_algorithm(src) if dest.checksums else None
+        create = dict(args)
+        if algorithm:
+            create.update(ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT")
+        upload = MultipartUpload(
+            dest.client, bucket=dest.bucket, key=dest.key, create_args=create,
+            algorithm=algorithm, expected_sizes={p.number: p.length for p in plan.parts},
+            may_resume=None, abort_always=True)
+        async with upload as up:
+            parts = await gather_parts(
+                self._copy_part(up, copy_source, src, dest, p, algorithm) for p in plan.parts)
+            if algorithm and all(p.checksum is not None for p in parts):
+                return await self._complete(up, parts, src, dest, algorithm)
+            up.algorithm = None
+            response = await self._call("CompleteMultipartUpload", "destination",
+                                        partial(up.complete, parts, extra={}))
+        return Written(algorithm=None, expected=None, reported=None, source_checked=False,
+                       response=response, fallback="server_pinned")
