@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 LSVENV := .venv-localstack
+CKVENV := .venv-checkov
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
@@ -27,7 +28,24 @@ $(LSVENV)/.installed: tools/localstack-requirements.txt
 	$(LSVENV)/bin/pip install -q -r tools/localstack-requirements.txt
 	touch $@
 
-install: $(VENV)/.installed $(LSVENV)/.installed
+# checkov pins an old boto3: its own virtualenv too (used by tests/deploy).
+$(CKVENV)/.installed: tests/deploy/checkov-requirements.txt
+	test -x $(CKVENV)/bin/python || $(PYTHON) -m venv $(CKVENV)
+	$(CKVENV)/bin/pip install -q --upgrade pip
+	$(CKVENV)/bin/pip install -q -r tests/deploy/checkov-requirements.txt
+	touch $@
+
+# Debian packages: Go + sprig render the Helm chart in tests (helm itself is not packaged).
+.debian-installed:
+	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/Masterminds/sprig ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev >/dev/null; \
+	  else echo "not root: skipping Debian packages (chart render tests will skip)"; fi; \
+	fi
+	touch $@
+
+install: $(VENV)/.installed $(LSVENV)/.installed $(CKVENV)/.installed .debian-installed
 
 demo: install
 	$(BIN)/s3ferry demo
@@ -51,4 +69,4 @@ lock: $(VENV)/.installed
 	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(LSVENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(LSVENV) $(CKVENV) .debian-installed .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -9,6 +9,7 @@ optional TOML file (``S3FERRY_CONFIG``) that names endpoints::
     addressing_style = "path"                   # auto | path | virtual
     checksums = "when_supported"                # when_supported | when_required
     server_side_copy = true                     # false for stores whose UploadPartCopy is broken
+    tagging = true                              # false for stores without working object tags
     credentials = { kind = "static", access_key_id = "...", secret_access_key = "..." }
     # or { kind = "profile", profile = "china" } / { kind = "env" } / { kind = "default" }
 
@@ -82,6 +83,7 @@ class Endpoint(BaseModel):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     checksums: Literal["when_supported", "when_required"] = "when_supported"
     server_side_copy: bool = True
+    tagging: bool = True  # false for stores whose object tagging is missing or broken
     credentials: Credentials = DefaultCredentials()
     storage_class_map: dict[str, str] = Field(default_factory=dict)
     kms_key_id: str | None = None
@@ -105,6 +107,8 @@ class WorkerSettings(BaseModel):
     max_parts: int = Field(default=16, ge=1, le=512)
     part_size: int = Field(default=8 * MIB, ge=5 * MIB)
     multipart_threshold: int = Field(default=16 * MIB, ge=5 * MIB)
+    server_copy_threshold: int = Field(default=1024 * MIB, ge=5 * MIB)
+    server_part_size: int = Field(default=256 * MIB, ge=5 * MIB)
     visibility_timeout: int = Field(default=60, ge=10, le=43_200)
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
     max_attempts: int = Field(default=5, ge=1, le=100)
@@ -113,6 +117,7 @@ class WorkerSettings(BaseModel):
     idle_polls: int = Field(default=2, ge=1)
     retry_attempts: int = Field(default=5, ge=1)
     retry_max_seconds: float = Field(default=30.0, gt=0)
+    request_timeout: float = Field(default=300.0, gt=0)
 
 
 class Settings(BaseSettings):

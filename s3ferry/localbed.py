@@ -121,6 +121,8 @@ class LocalServer:
             'addressing_style = "path"',
             f"checksums = {_toml_str(self.checksums)}",
             f"server_side_copy = {'true' if self.server_side_copy else 'false'}",
+            # rclone's PutObjectTagging overwrites the object's bytes: never tag there.
+            f"tagging = {'false' if self.kind == 'rclone' else 'true'}",
             'credentials = { kind = "static", '
             f"access_key_id = {_toml_str(self.access_key)}, "
             f"secret_access_key = {_toml_str(self.secret_key)} }}",
@@ -320,6 +322,11 @@ class LocalBed:
             "SQS_ENDPOINT_STRATEGY": "path",
             "AWS_DEFAULT_REGION": ident.region,
             "PYTHONUNBUFFERED": "1",
+            # This sandbox looks like a container to LocalStack, which then puts its cache
+            # (and the TLS certificate it generates at start) in the shared
+            # /var/lib/localstack: two instances race on that file. Host mode keeps every
+            # directory under FILESYSTEM_ROOT.
+            "OVERRIDE_IN_DOCKER": "0",
         })
         env.update(self.extra_env)
         python = str(self.localstack_python)

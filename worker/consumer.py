@@ -58,11 +58,14 @@ class Summary:
 
     results: Counter[str] = field(default_factory=Counter)
     verified: Counter[str] = field(default_factory=Counter)
+    strategies: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     bytes_copied: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"results": dict(self.results), "verified": dict(self.verified),
+                "strategies": dict(self.strategies), "skipped": dict(self.skipped),
                 "dead_letters": dict(self.dead_letters), "bytes_copied": self.bytes_copied}
 
 
@@ -142,8 +145,10 @@ class Consumer:
             elif not self._tasks:
                 idle += 1
                 if self._settings.exit_when_idle and idle >= self._settings.idle_polls:
-                    log.info("queue_idle_exiting")
-                    break
+                    if await self._queue_drained():
+                        log.info("queue_idle_exiting")
+                        break
+                    idle = 0
 
     async def _until_stopped(self, aw: Any) -> Any:
         """Await ``aw`` unless a stop comes first (then cancel it and return None)."""
@@ -162,6 +167,18 @@ class Consumer:
                 for message in result:  # received while stopping: let them go at once
                     await self._release(self._lease(message), delay=0)
         return None
+
+    async def _queue_drained(self) -> bool:
+        """True when SQS holds nothing visible, delayed or in flight (ours or others')."""
+        try:
+            response = await self._sqs.get_queue_attributes(
+                QueueUrl=self._queue_url, AttributeNames=[
+                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed"])
+        except Exception as exc:
+            log.warning("queue_attributes_failed", error=scrub_text(str(exc)))
+            return False
+        return all(v == "0" for v in response.get("Attributes", {}).values())
 
     async def _receive(self, n: int) -> list[dict[str, Any]]:
         response = await self._sqs.receive_message(
@@ -243,6 +260,9 @@ class Consumer:
             self._metrics.verified.labels(result.verified).inc()
             self.summary.bytes_copied += result.bytes
             self.summary.verified[result.verified] += 1
+            self.summary.strategies[result.strategy] += 1
+        elif result.result == "skipped":
+            self.summary.skipped[result.reason] += 1
         log.info(f"job_{result.result}", strategy=result.strategy or None,
                  verified=result.verified or None, reason=result.reason or None,
                  bytes=result.bytes, resumed=result.resumed or None)

@@ -25,11 +25,14 @@ log = get_logger(__name__)
 
 def limits_from(settings: Settings) -> Limits:
     w = settings.worker
-    return Limits(part_size=w.part_size, multipart_threshold=w.multipart_threshold)
+    return Limits(part_size=w.part_size, multipart_threshold=w.multipart_threshold,
+                  server_copy_threshold=w.server_copy_threshold,
+                  server_part_size=w.server_part_size)
 
 
 async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None,
-                     consumer_ready: asyncio.Future[Consumer] | None = None) -> Summary:
+                     consumer_ready: asyncio.Future[Consumer] | None = None,
+                     replicator_cls: type[Replicator] = Replicator) -> Summary:
     """Run until SIGTERM/SIGINT (or idle, with ``exit_when_idle``); return what was done."""
     if not settings.queue_url or not settings.dlq_url:
         raise ConfigError("S3FERRY_QUEUE_URL and S3FERRY_DLQ_URL must be set")
@@ -39,8 +42,8 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
     async with ClientPool(settings.endpoints, pool=w.max_parts + w.max_jobs) as clients:
         sqs = await clients.get(settings.queue_endpoint, "sqs")
         transfer = Transfer(part_slots=asyncio.Semaphore(w.max_parts), metrics=metrics,
-                            retry=retry)
-        replicator = Replicator(clients=clients, transfer=transfer,
+                            retry=retry, request_timeout=w.request_timeout)
+        replicator = replicator_cls(clients=clients, transfer=transfer,
                                 limits=limits_from(settings), metrics=metrics, retry=retry)
         consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,
                             replicator=replicator, settings=w, metrics=metrics)

@@ -18,7 +18,7 @@ from typing import Any
 from common.checksums import PartChecksum, from_wire
 from common.errors import FerryError, GiveUp, Outcome, SourceChanged
 from common.logs import get_logger
-from common.s3errors import classify
+from common.s3errors import classify, error_code
 
 log = get_logger(__name__)
 
@@ -104,6 +104,8 @@ class MultipartUpload:
             response = await self._client.list_multipart_uploads(
                 Bucket=self.bucket, Prefix=self.key)
         except Exception as exc:
+            if error_code(exc) == "NoSuchUpload":  # rclone's answer for "none in progress"
+                return False
             raise classify(exc, operation="ListMultipartUploads",
                            context="destination") from exc
         candidates = [u for u in response.get("Uploads", []) if u["Key"] == self.key]

@@ -22,8 +22,8 @@ from common.fingerprint import SEQUENCER, SOURCE_ETAG, newer_than
 from common.jobs import CopyJob, DeleteJob
 from common.logs import get_logger
 from common.metrics import WorkerMetrics
-from common.retry import RetryPolicy, retrying
-from common.s3errors import classify, error_code
+from common.retry import RetryPolicy
+from common.s3errors import error_code
 from worker.metadata import write_args
 from worker.planner import Limits, plan
 from worker.source import ByteSource, S3Source, SourceObject
@@ -78,16 +78,16 @@ class Replicator:
         self._retry = retry
 
     async def _head_destination(self, client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-        async def call() -> dict[str, Any] | None:
+        async def head() -> dict[str, Any] | None:
             try:
-                head: dict[str, Any] = await client.head_object(
+                answer: dict[str, Any] = await client.head_object(
                     Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-                return head
+                return answer
             except Exception as exc:
                 if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
                     return None
-                raise classify(exc, operation="HeadObject", context="destination") from exc
-        return await retrying(call, self._retry)
+                raise
+        return await self._transfer.call("HeadObject", "destination", head)
 
     async def source_for(self, job: CopyJob) -> ByteSource:
         """The seam: today an S3 client; a presigned-URL source plugs in here."""
@@ -98,7 +98,7 @@ class Replicator:
     async def copy(self, job: CopyJob, *, final_attempt: bool) -> JobResult:
         started = time.monotonic()
         source = await self.source_for(job)
-        src = await retrying(source.head, self._retry)
+        src = await self._transfer.call("HeadObject", "source", source.head)
         if job.source.etag and job.source.etag.strip('"') != src.etag.strip('"'):
             log.info("source_newer_than_job")
         dst_ep = self._clients.endpoint(job.destination.endpoint)
@@ -114,7 +114,9 @@ class Replicator:
         server_side = (src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
                        and source.copy_source() is not None)
         the_plan = plan(size=src.size, server_side=server_side, limits=self._limits)
-        tags = await retrying(source.tags, self._retry) if job.options.preserve_tags else None
+        with_tags = job.options.preserve_tags and src_ep.tagging and dst_ep.tagging
+        tags = await self._transfer.call("GetObjectTagging", "source",
+                                         source.tags) if with_tags else None
         args = write_args(src, job, dst_ep, tags=tags)
         written = await self._transfer.execute(the_plan, source, src, dest, args,
                                                final_attempt=final_attempt)
@@ -141,12 +143,6 @@ class Replicator:
             return JobResult(result="skipped", reason="already_absent")
         if stale(job.sequencer, head):
             return JobResult(result="skipped", reason="stale_event")
-
-        async def call() -> Any:
-            try:
-                return await client.delete_object(Bucket=ref.bucket, Key=ref.key)
-            except Exception as exc:
-                raise classify(exc, operation="DeleteObject", context="destination") from exc
-
-        await retrying(partial(call), self._retry)
+        await self._transfer.call("DeleteObject", "destination", partial(
+            client.delete_object, Bucket=ref.bucket, Key=ref.key))
         return JobResult(result="deleted")

@@ -122,17 +122,19 @@ class Transfer:
     """Runs plans. One per worker: ``part_slots`` is shared by every job in the process."""
 
     def __init__(self, *, part_slots: asyncio.Semaphore, metrics: WorkerMetrics,
-                 retry: RetryPolicy) -> None:
+                 retry: RetryPolicy, request_timeout: float = 300.0) -> None:
         self._slots = part_slots
+        self._timeout = request_timeout
         self._metrics = metrics
         self._retry_policy = retry
 
-    async def _call(self, operation: str, context: str,
+    async def call(self, operation: str, context: str,
                     fn: Callable[[], Awaitable[T]]) -> T:
         """One S3 call, classified, retried when transient, counted when it fails."""
         async def attempt() -> T:
             try:
-                return await fn()
+                async with asyncio.timeout(self._timeout):
+                    return await fn()
             except FerryError:
                 raise
             except Exception as exc:
@@ -162,7 +164,7 @@ class Transfer:
     # -- streamed -----------------------------------------------------------------------
 
     async def _read(self, source: ByteSource, src: SourceObject, part: Part | None) -> bytes:
-        data = await self._call("GetObject", "source", partial(source.read, part, etag=src.etag))
+        data = await self.call("GetObject", "source", partial(source.read, part, etag=src.etag))
         expected = part.length if part is not None else src.size
         if len(data) != expected:
             raise RetryNow(f"short read: {len(data)} of {expected} bytes",
@@ -183,7 +185,7 @@ class Transfer:
                 put[f"Checksum{algorithm}"] = wire
             else:
                 put["ContentMD5"] = md5_b64(data)
-            response = await self._call("PutObject", "destination", partial(
+            response = await self.call("PutObject", "destination", partial(
                 dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=data, **put))
             self._metrics.part_duration.labels("put").observe(time.monotonic() - started)
         return Written(algorithm=algorithm if dest.checksums else None,
@@ -204,7 +206,7 @@ class Transfer:
                 kwargs[f"Checksum{algorithm}"] = wire
             else:
                 kwargs["ContentMD5"] = md5_b64(data)
-            response = await self._call("UploadPart", "destination", partial(
+            response = await self.call("UploadPart", "destination", partial(
                 dest.client.upload_part, Bucket=dest.bucket, Key=dest.key,
                 UploadId=up.upload_id, PartNumber=part.number, Body=data, **kwargs))
             self._metrics.part_duration.labels("upload_part").observe(
@@ -261,7 +263,7 @@ class Transfer:
         extra: dict[str, Any] = {"MpuObjectSize": src.size}
         if dest.checksums and wire:
             extra.update({f"Checksum{algorithm}": wire, "ChecksumType": "FULL_OBJECT"})
-        response = await self._call("CompleteMultipartUpload", "destination",
+        response = await self.call("CompleteMultipartUpload", "destination",
                                     partial(up.complete, parts, extra=extra))
         return Written(algorithm=algorithm if dest.checksums else None,
                        expected=wire if dest.checksums else None,
@@ -279,7 +281,7 @@ class Transfer:
         if dest.checksums:
             kwargs["ChecksumAlgorithm"] = algorithm
         started = time.monotonic()
-        response = await self._call("CopyObject", "source", partial(
+        response = await self.call("CopyObject", "source", partial(
             dest.client.copy_object, Bucket=dest.bucket, Key=dest.key, **kwargs))
         self._metrics.part_duration.labels("copy_object").observe(time.monotonic() - started)
         result = response.get("CopyObjectResult", {})
@@ -295,7 +297,7 @@ class Transfer:
                          algorithm: str | None) -> UploadedPart:
         async with self._slots:
             started = time.monotonic()
-            response = await self._call("UploadPartCopy", "source", partial(
+            response = await self.call("UploadPartCopy", "source", partial(
                 dest.client.upload_part_copy, Bucket=dest.bucket, Key=dest.key,
                 UploadId=up.upload_id, PartNumber=part.number, CopySource=copy_source,
                 CopySourceIfMatch=src.etag, CopySourceRange=part.http_range))
@@ -327,7 +329,7 @@ class Transfer:
             if algorithm and all(p.checksum is not None for p in parts):
                 return await self._complete(up, parts, src, dest, algorithm)
             up.algorithm = None
-            response = await self._call("CompleteMultipartUpload", "destination",
+            response = await self.call("CompleteMultipartUpload", "destination",
                                         partial(up.complete, parts, extra={}))
         return Written(algorithm=None, expected=None, reported=None, source_checked=False,
                        response=response, fallback="server_pinned")

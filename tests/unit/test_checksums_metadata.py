@@ -2,6 +2,7 @@
 
 import json
 import os
+from itertools import pairwise
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from worker.source import SourceObject, source_object_from_head
 @given(data=st.binary(max_size=4096), cuts=st.lists(st.integers(0, 4096), max_size=6))
 def test_combined_part_checksums_equal_whole_object(data: bytes, cuts: list[int]) -> None:
     points = sorted({0, len(data), *[c for c in cuts if c <= len(data)]})
-    pieces = [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
+    pieces = [data[a:b] for a, b in pairwise(points)] or [b""]
     for algorithm in ("CRC32", "CRC32C", "CRC64NVME"):
         whole = checksums.compute(algorithm, data)
         combined = checksums.combine(algorithm, [checksums.compute(algorithm, p)

@@ -61,6 +61,6 @@ def test_1024_byte_key_is_accepted_1025_is_not() -> None:
 
 
 def test_error_names_the_bad_field() -> None:
-    with pytest.raises(BadMessage, match="source.size"):
+    with pytest.raises(BadMessage, match=r"source\.size"):
         decode(json.dumps(job(source={"endpoint": "g", "bucket": "bkt", "key": "k",
                                       "size": "big"})))

@@ -1,5 +1,7 @@
 """The planner is pure: every rule is checked here without I/O."""
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -82,6 +84,6 @@ def test_parts_cover_every_byte_once_within_s3_limits(size: int, preferred: int)
     if size <= 50 * GIB:  # materialise only what is cheap
         parts = split(size, ps)
         assert parts[0].start == 0 and parts[-1].end == size - 1
-        assert all(a.end + 1 == b.start for a, b in zip(parts, parts[1:], strict=False))
+        assert all(a.end + 1 == b.start for a, b in pairwise(parts))
         assert all(p.length == ps for p in parts[:-1]) and 0 < parts[-1].length <= ps
         assert [p.number for p in parts] == list(range(1, len(parts) + 1))

@@ -43,7 +43,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "s3ferry.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "s3ferry.configMapName" -}}
@@ -146,6 +150,9 @@ metadata:
     {{- end }}
 spec:
   serviceAccountName: {{ include "s3ferry.serviceAccountName" $root }}
+  # s3ferry never calls the Kubernetes API. IRSA and EKS Pod Identity inject their own
+  # projected token, independent of this setting.
+  automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
   {{- if eq .component "worker" }}
   {{- if le (int $cfg.terminationGracePeriodSeconds) (int (ceil $cfg.drainSeconds)) }}
   {{- fail "worker.terminationGracePeriodSeconds must be larger than worker.drainSeconds" }}

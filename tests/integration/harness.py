@@ -1,0 +1,124 @@
+"""Helpers for worker tests: queue jobs, run a worker in process until idle, compare objects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from common.fingerprint import user_metadata
+from common.jobs import CopyJob, CopyOptions, DeleteJob, DestinationRef, SourceRef, encode
+from common.metrics import WorkerMetrics
+from common.settings import Settings, load_settings
+from worker.consumer import Summary
+from worker.main import run_worker
+from worker.replicate import Replicator
+
+HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
+           "ContentLanguage", "Expires")
+
+
+def worker_settings(config_path: Path, queues: Any, **worker: Any) -> Settings:
+    defaults: dict[str, Any] = {"wait_time_seconds": 1, "idle_polls": 2, "exit_when_idle": True,
+                                "visibility_timeout": 30, "retry_max_seconds": 10,
+                                "request_timeout": 30}
+    defaults.update(worker)
+    return load_settings(config_path, queue_url=queues.queue_url, dlq_url=queues.dlq_url,
+                         worker=defaults)
+
+
+async def run_until_idle(config_path: Path, queues: Any, *, metrics: WorkerMetrics | None = None,
+                         replicator_cls: type[Replicator] = Replicator, **worker: Any) -> Summary:
+    settings = worker_settings(config_path, queues, **worker)
+    return await run_worker(settings, metrics=metrics, replicator_cls=replicator_cls)
+
+
+def copy_job(src_ep: str, src_bucket: str, key: str, dst_ep: str, dst_bucket: str,
+             dst_key: str | None = None, **options: Any) -> CopyJob:
+    return CopyJob(source=SourceRef(endpoint=src_ep, bucket=src_bucket, key=key),
+                   destination=DestinationRef(endpoint=dst_ep, bucket=dst_bucket,
+                                              key=dst_key or key),
+                   options=CopyOptions(**options))
+
+
+def send(sqs: Any, queues: Any, jobs: Iterable[CopyJob | DeleteJob | str]) -> int:
+    n = 0
+    batch: list[dict[str, str]] = []
+    for job in jobs:
+        body = job if isinstance(job, str) else encode(job)
+        batch.append({"Id": str(len(batch)), "MessageBody": body})
+        n += 1
+        if len(batch) == 10:
+            _send_batch(sqs, queues.queue_url, batch)
+            batch = []
+    if batch:
+        _send_batch(sqs, queues.queue_url, batch)
+    return n
+
+
+def _send_batch(sqs: Any, url: str, batch: list[dict[str, str]]) -> None:
+    response = sqs.send_message_batch(QueueUrl=url, Entries=batch)
+    assert not response.get("Failed"), response["Failed"]
+
+
+def drain_queue(sqs: Any, url: str) -> list[dict[str, Any]]:
+    """Every message now visible on ``url`` (deleted as read), with attributes."""
+    out: list[dict[str, Any]] = []
+    while True:
+        response = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                       MessageAttributeNames=["All"])
+        messages = response.get("Messages", [])
+        if not messages:
+            return out
+        for m in messages:
+            out.append(m)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def dead_letters(sqs: Any, queues: Any) -> dict[str, str]:
+    """Body -> reason attribute for every message in the DLQ."""
+    return {m["Body"]: m["MessageAttributes"]["reason"]["StringValue"]
+            for m in drain_queue(sqs, queues.dlq_url)}
+
+
+def body(client: Any, bucket: str, key: str) -> bytes:
+    data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return data
+
+
+# What rclone serve s3 (our stand-in for a quirky S3-compatible cloud) does not keep.
+RCLONE_DROPS = frozenset({"tags", "Expires"})
+
+
+def describe(client: Any, bucket: str, key: str, *,
+             drops: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What a user compares after a copy: headers, user metadata, tags, size.
+
+    Metadata keys are compared case-insensitively, as S3 defines them (rclone capitalises).
+    """
+    head = client.head_object(Bucket=bucket, Key=key)
+    tags = "tags" not in drops
+    tag_set = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"] if tags else []
+    headers = {h: head.get(h) for h in HEADERS if h != "Expires"} | {
+        "Expires": head.get("ExpiresString") or str(head.get("Expires") or "")}
+    return {
+        "size": head["ContentLength"],
+        "headers": {h: v for h, v in headers.items() if h not in drops},
+        "metadata": {k.lower(): v for k, v in user_metadata(head.get("Metadata", {})).items()},
+        "tags": sorted((t["Key"], t["Value"]) for t in tag_set),
+    }
+
+
+def assert_same_object(src: Any, src_bucket: str, dst: Any, dst_bucket: str, key: str,
+                       dst_key: str | None = None, *,
+                       drops: frozenset[str] = frozenset()) -> None:
+    """Bytes, headers, user metadata and tags are equal, but for what a store ``drops``."""
+    dst_key = dst_key or key
+    assert body(dst, dst_bucket, dst_key) == body(src, src_bucket, key), f"bytes differ: {key!r}"
+    assert describe(dst, dst_bucket, dst_key, drops=drops) == describe(src, src_bucket, key,
+                                                                        drops=drops)
+
+
+def summary_json(summary: Summary) -> str:
+    return json.dumps(summary.as_dict(), sort_keys=True)

@@ -1,0 +1,210 @@
+"""The worker copies across partitions, within one, and to a third S3 implementation:
+bytes, metadata and tags equal afterwards, every copy verified."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.limits import MIB
+from tests.integration.harness import (
+    RCLONE_DROPS,
+    assert_same_object,
+    copy_job,
+    dead_letters,
+    run_until_idle,
+    send,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+RICH = {
+    "ContentType": "application/x-ferry; charset=utf-8",
+    "CacheControl": "max-age=3600, public",
+    "ContentDisposition": 'attachment; filename="report.bin"',
+    "ContentEncoding": "identity",
+    "ContentLanguage": "de-CH",
+    "Expires": "Wed, 21 Oct 2037 07:28:00 GMT",
+    "Metadata": {"owner": "data-team", "pipeline": "nightly"},
+    "Tagging": "project=ferry&cost-center=42&space%20key=a%2Bb",
+}
+
+
+def seed(client: Any, bucket: str, key: str, size: int, **extra: Any) -> bytes:
+    data = os.urandom(size)
+    args = dict(RICH)
+    args.update(extra)
+    client.put_object(Bucket=bucket, Key=key, Body=data, **args)
+    return data
+
+
+SIZES_AROUND_5_MIB = [0, 1, 5 * MIB - 1, 5 * MIB, 5 * MIB + 1, 11 * MIB + 3]
+
+
+async def test_cross_partition_sizes_around_part_boundaries(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    keys = [f"sizes/{size}.bin" for size in SIZES_AROUND_5_MIB]
+    for key, size in zip(keys, SIZES_AROUND_5_MIB, strict=True):
+        seed(s3_clients["global"], src, key, size)
+    send(sqs_global, queues, [copy_job("global", src, k, "china", dst) for k in keys])
+
+    summary = await run_until_idle(config_path, queues, part_size=5 * MIB,
+                                   multipart_threshold=5 * MIB)
+
+    assert dead_letters(sqs_global, queues) == {}
+    assert summary.results["copied"] == len(keys)
+    assert summary.strategies == {"stream_put": 4, "stream_multipart": 2}
+    assert set(summary.verified) == {"source_checksum"}
+    for key in keys:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+
+
+async def test_multipart_object_in_8_mib_parts_keeps_a_full_object_checksum(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    seed(s3_clients["global"], src, "big/forty.bin", 40 * MIB)
+    send(sqs_global, queues, [copy_job("global", src, "big/forty.bin", "china", dst)])
+
+    summary = await run_until_idle(config_path, queues, part_size=8 * MIB,
+                                   multipart_threshold=8 * MIB, max_parts=4)
+
+    assert summary.strategies == {"stream_multipart": 1}
+    assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, "big/forty.bin")
+    src_head = s3_clients["global"].head_object(Bucket=src, Key="big/forty.bin",
+                                                ChecksumMode="ENABLED")
+    dst_head = s3_clients["china"].head_object(Bucket=dst, Key="big/forty.bin",
+                                               ChecksumMode="ENABLED")
+    assert dst_head.get("ChecksumType") == "FULL_OBJECT"
+    assert dst_head["ChecksumCRC32"] == src_head["ChecksumCRC32"]
+    parts = s3_clients["china"].head_object(Bucket=dst, Key="big/forty.bin", PartNumber=1)
+    assert parts.get("PartsCount") == 5
+
+
+AWKWARD_KEYS = [
+    "with space/file name.txt",
+    "plus+sign/a+b.txt",
+    "percent%2Fencoded%20/100%.txt",
+    "unicode/日本語/über/😀.txt",
+    "x" * 1000 + "/" + "é" * 11,  # 1,023 bytes
+    "k" * 1024,  # exactly S3's 1,024-byte limit
+    "trailing-slash-like/.",
+]
+
+
+def fits_a_filesystem(key: str) -> bool:
+    """rclone serve s3 stores keys as file paths: no segment over 255 bytes, no "."."""
+    return all(len(part.encode()) <= 255 and part not in {".", ".."}
+               for part in key.split("/"))
+
+
+@pytest.mark.parametrize("dst_server", ["china", "rclone"])
+async def test_awkward_keys_copy_byte_equal(
+        dst_server: str, config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    keys = [k for k in AWKWARD_KEYS if dst_server != "rclone" or fits_a_filesystem(k)]
+    src, dst = make_bucket("global"), make_bucket(dst_server)
+    for key in keys:
+        assert len(key.encode()) <= 1024
+        seed(s3_clients["global"], src, key, 1024)
+    send(sqs_global, queues, [copy_job("global", src, k, dst_server, dst) for k in keys])
+
+    summary = await run_until_idle(config_path, queues)
+
+    assert dead_letters(sqs_global, queues) == {}
+    assert summary.results["copied"] == len(keys)
+    for key in keys:
+        assert_same_object(s3_clients["global"], src, s3_clients[dst_server], dst, key,
+                           drops=RCLONE_DROPS if dst_server == "rclone" else frozenset())
+
+
+async def test_key_the_destination_store_refuses_goes_to_the_dlq_with_its_reason(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """A 1,024-byte key is legal S3 but not a legal file name for rclone's local backend."""
+    src, dst = make_bucket("global"), make_bucket("rclone")
+    key = "k" * 1024
+    seed(s3_clients["global"], src, key, 10)
+    job = copy_job("global", src, key, "rclone", dst)
+    send(sqs_global, queues, [job])
+
+    summary = await run_until_idle(config_path, queues, max_attempts=2)
+
+    letters = dead_letters(sqs_global, queues)
+    assert list(letters.values()) in (["s3:400"], ["retries_exhausted"])
+    assert summary.results["failed"] == 1
+
+
+async def test_third_party_store_as_destination_and_source(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """rclone serve s3 has other ETags, no flexible checksums: copies still verified."""
+    src, mid, dst = make_bucket("global"), make_bucket("rclone"), make_bucket("china")
+    seed(s3_clients["global"], src, "small.txt", 3000)
+    seed(s3_clients["global"], src, "multi.bin", 12 * MIB + 7)
+    send(sqs_global, queues, [copy_job("global", src, k, "rclone", mid)
+                              for k in ("small.txt", "multi.bin")])
+    first = await run_until_idle(config_path, queues, part_size=5 * MIB,
+                                 multipart_threshold=5 * MIB)
+    assert dead_letters(sqs_global, queues) == {}
+    assert first.results["copied"] == 2
+    assert set(first.verified) == {"content_md5"}
+    for key in ("small.txt", "multi.bin"):
+        assert_same_object(s3_clients["global"], src, s3_clients["rclone"], mid, key,
+                           drops=RCLONE_DROPS)
+
+    send(sqs_global, queues, [copy_job("rclone", mid, k, "china", dst)
+                              for k in ("small.txt", "multi.bin")])
+    second = await run_until_idle(config_path, queues, part_size=5 * MIB,
+                                  multipart_threshold=5 * MIB)
+    assert dead_letters(sqs_global, queues) == {}
+    assert second.results["copied"] == 2
+    for key in ("small.txt", "multi.bin"):
+        assert_same_object(s3_clients["rclone"], mid, s3_clients["china"], dst, key,
+                           drops=RCLONE_DROPS)
+
+
+async def test_same_endpoint_copies_server_side(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("global")
+    seed(s3_clients["global"], src, "one.bin", 2 * MIB)
+    seed(s3_clients["global"], src, "parts.bin", 12 * MIB + 1)
+    send(sqs_global, queues, [copy_job("global", src, k, "global", dst, f"copied/{k}")
+                              for k in ("one.bin", "parts.bin")])
+
+    summary = await run_until_idle(config_path, queues, server_copy_threshold=5 * MIB,
+                                   server_part_size=5 * MIB)
+
+    assert dead_letters(sqs_global, queues) == {}
+    assert summary.strategies == {"server_copy": 1, "server_multipart": 1}
+    assert summary.bytes_copied == 14 * MIB + 1
+    for key in ("one.bin", "parts.bin"):
+        assert_same_object(s3_clients["global"], src, s3_clients["global"], dst, key,
+                           f"copied/{key}")
+
+
+async def test_redelivered_job_is_skipped_not_copied_again(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    seed(s3_clients["global"], src, "once.txt", 100)
+    job = copy_job("global", src, "once.txt", "china", dst)
+    send(sqs_global, queues, [job])
+    first = await run_until_idle(config_path, queues)
+    before = s3_clients["china"].head_object(Bucket=dst, Key="once.txt")
+
+    send(sqs_global, queues, [job, job])
+    second = await run_until_idle(config_path, queues)
+
+    after = s3_clients["china"].head_object(Bucket=dst, Key="once.txt")
+    assert first.results["copied"] == 1
+    assert second.results == {"skipped": 2}
+    assert second.skipped == {"already_copied:fingerprint": 2}
+    assert after["LastModified"] == before["LastModified"]
