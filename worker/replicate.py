@@ -97,11 +97,12 @@ class Replicator:
 
     async def copy(self, job: CopyJob, *, final_attempt: bool) -> JobResult:
         started = time.monotonic()
+        src_ep = self._clients.endpoint(job.source.endpoint)  # unknown names fail first
+        dst_ep = self._clients.endpoint(job.destination.endpoint)
         source = await self.source_for(job)
         src = await self._transfer.call("HeadObject", "source", source.head)
         if job.source.etag and job.source.etag.strip('"') != src.etag.strip('"'):
             log.info("source_newer_than_job")
-        dst_ep = self._clients.endpoint(job.destination.endpoint)
         dest = Destination(client=await self._clients.get(job.destination.endpoint),
                            endpoint=dst_ep, bucket=job.destination.bucket,
                            key=job.destination.key)
@@ -110,7 +111,6 @@ class Replicator:
             return JobResult(result="skipped", reason="stale_event")
         if why := already_there(src, head):
             return JobResult(result="skipped", reason=f"already_copied:{why}")
-        src_ep = self._clients.endpoint(job.source.endpoint)
         server_side = (src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
                        and source.copy_source() is not None)
         the_plan = plan(size=src.size, server_side=server_side, limits=self._limits)
