@@ -39,8 +39,9 @@ $(CKVENV)/.installed: tests/deploy/checkov-requirements.txt
 .debian-installed:
 	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/Masterminds/sprig ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev >/dev/null; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev >/dev/null) \
+	      || echo "warning: Debian packages not installed (chart render tests will skip)"; \
 	  else echo "not root: skipping Debian packages (chart render tests will skip)"; fi; \
 	fi
 	touch $@
