@@ -86,17 +86,7 @@ async def test_outcomes_vanished_archived_and_missing_bucket(
 async def test_bad_credentials_are_not_retried(
         bed: LocalBed, config_path: Path, queues: Any, make_bucket: Callable[[str], str],
         s3_clients: dict[str, Any], sqs_global: Any, tmp_path: Path) -> None:
-    rclone = bed.servers["rclone"]
-    config = tmp_path / "s3ferry.toml"
-    config.write_text(config_path.read_text() + f"""
-[endpoints.stale]
-endpoint_url = "{rclone.endpoint_url}"
-region = "us-east-1"
-addressing_style = "path"
-checksums = "when_required"
-credentials = {{ kind = "static", access_key_id = "{rclone.access_key}", \
-secret_access_key = "expired-secret" }}
-""")
+    config = with_stale_endpoint(bed, config_path, tmp_path / "s3ferry.toml")
     src, dst = make_bucket("global"), make_bucket("rclone")
     s3_clients["global"].put_object(Bucket=src, Key="a.txt", Body=b"a")
     send(sqs_global, queues, [copy_job("global", src, "a.txt", "stale", dst)])
@@ -110,6 +100,21 @@ secret_access_key = "expired-secret" }}
     # wrong secret; with a body, AWS's codes (ExpiredToken, ...) become "credentials:<code>".
     assert reason == "access_denied" or reason.startswith("credentials:"), reason
     assert summary.results.get("retried", 0) == 0
+
+
+def with_stale_endpoint(bed: LocalBed, config_path: Path, out: Path) -> Path:
+    """The config plus endpoint ``stale``: rclone's address with a wrong secret."""
+    rclone = bed.servers["rclone"]
+    out.write_text(config_path.read_text() + f"""
+[endpoints.stale]
+endpoint_url = "{rclone.endpoint_url}"
+region = "us-east-1"
+addressing_style = "path"
+checksums = "when_required"
+credentials = {{ kind = "static", access_key_id = "{rclone.access_key}", \
+secret_access_key = "expired-secret" }}
+""")
+    return out
 
 
 class OverwriteOnce:
