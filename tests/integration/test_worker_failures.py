@@ -14,6 +14,7 @@ import pytest
 
 from common.jobs import CopyJob
 from common.limits import MIB
+from common.metrics import WorkerMetrics
 from s3ferry.localbed import LocalBed
 from tests.integration.harness import (
     body,
@@ -171,3 +172,47 @@ async def test_source_overwritten_mid_copy_never_yields_a_mixed_object(
     assert dead_letters(sqs_global, queues) == {}
     uploads = s3_clients["china"].list_multipart_uploads(Bucket=dst).get("Uploads", [])
     assert uploads == []  # the abandoned upload of the old version was aborted
+
+
+class SlowRead:
+    """A source whose first read takes longer than the message's lease."""
+
+    def __init__(self, inner: ByteSource, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+        self.description = inner.description
+
+    async def head(self) -> SourceObject:
+        return await self._inner.head()
+
+    async def read(self, part: Part | None, *, etag: str) -> bytes:
+        await asyncio.sleep(self._delay)
+        return await self._inner.read(part, etag=etag)
+
+    async def tags(self) -> dict[str, str]:
+        return await self._inner.tags()
+
+    def copy_source(self) -> dict[str, str] | None:
+        return self._inner.copy_source()
+
+
+async def test_heartbeat_keeps_a_long_job_leased(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """A copy that outlives the visibility timeout is not handed out a second time."""
+    src, dst = make_bucket("global"), make_bucket("china")
+    s3_clients["global"].put_object(Bucket=src, Key="slow.txt", Body=b"slow")
+
+    class Slow(Replicator):
+        async def source_for(self, job: CopyJob) -> ByteSource:
+            return SlowRead(await super().source_for(job), delay=14)
+
+    metrics = WorkerMetrics()
+    send(sqs_global, queues, [copy_job("global", src, "slow.txt", "china", dst)])
+
+    summary = await run_until_idle(config_path, queues, replicator_cls=Slow, metrics=metrics,
+                                   visibility_timeout=10)
+
+    assert summary.results == {"copied": 1}
+    assert metrics.messages_received._value.get() == 1
+    assert body(s3_clients["china"], dst, "slow.txt") == b"slow"

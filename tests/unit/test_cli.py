@@ -1,0 +1,61 @@
+"""The console script: subcommands, help, and configuration errors that name the bad field."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.errors import ConfigError
+from common.settings import load_settings
+from s3ferry.cli import main
+
+
+def test_help_lists_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "worker" in capsys.readouterr().out
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["teleport"])
+    assert info.value.code == 2
+
+
+def test_python_dash_m_worker_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "worker", "--help"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "--exit-when-idle" in out
+
+
+@pytest.mark.parametrize(("toml", "field"), [
+    ('[endpoints.a]\nregion = 5\n', "endpoints.a.region"),
+    ('[endpoints.a]\naddressing_style = "sideways"\n', "endpoints.a.addressing_style"),
+    ('[endpoints.a]\ncredentials = { kind = "static", access_key_id = "k" }\n',
+     "endpoints.a.credentials.static.secret_access_key"),
+    ('[worker]\npart_size = 1024\n', "worker.part_size"),
+    ("[endpoints.a\n", "not valid TOML"),
+])
+def test_bad_config_is_refused_naming_the_field(tmp_path: Path, toml: str, field: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_settings(path)
+
+
+def test_worker_exits_2_with_the_bad_field_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[worker]\nmax_jobs = 0\n')
+    run = subprocess.run([sys.executable, "-m", "worker", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "worker.max_jobs" in run.stderr
+
+
+def test_secrets_in_config_are_not_printed(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[endpoints.a]\ncredentials = { kind = "static", access_key_id = "AK", '
+                    'secret_access_key = "s3cr3t-value" }\n')
+    settings = load_settings(path)
+    assert "s3cr3t-value" not in repr(settings)
+    assert "s3cr3t-value" not in str(settings.model_dump())
