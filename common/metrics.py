@@ -40,6 +40,9 @@ class WorkerMetrics:
             "s3ferry_jobs_in_flight", "Jobs being worked on now.", registry=r)
         self.retries = Counter(
             "s3ferry_retries_total", "In-process retries, by reason.", ["reason"], registry=r)
+        self.s3_requests = Counter(
+            "s3ferry_s3_requests_total", "S3 requests made (what S3 bills), by operation and "
+            "side (source or destination).", ["operation", "side"], registry=r)
         self.s3_errors = Counter(
             "s3ferry_s3_errors_total", "Errors answered by S3, by operation and code.",
             ["operation", "code"], registry=r)
@@ -55,6 +58,46 @@ class WorkerMetrics:
             "s3ferry_parts_reused_total", "Parts found already uploaded on resume.",
             registry=r)
 
+
+
+_LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21_600, 86_400)
+
+
+@dataclass
+class DispatcherMetrics:
+    """What ``s3ferry backfill`` and ``s3ferry events`` count."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.objects_listed = Counter(
+            "s3ferry_dispatcher_objects_listed_total", "Objects listed, by side.",
+            ["side"], registry=r)
+        self.jobs_enqueued = Counter(
+            "s3ferry_dispatcher_jobs_enqueued_total", "Jobs sent to the job queue, by kind.",
+            ["route", "kind"], registry=r)
+        self.bytes_enqueued = Counter(
+            "s3ferry_dispatcher_bytes_enqueued_total", "Source bytes of the copy jobs sent.",
+            ["route"], registry=r)
+        self.send_failures = Counter(
+            "s3ferry_dispatcher_send_failures_total",
+            "SendMessageBatch entries that failed (retried or given up), by code.",
+            ["code"], registry=r)
+        self.events_received = Counter(
+            "s3ferry_dispatcher_events_received_total",
+            "S3 events received, by type (created, removed, test, ignored).", ["type"],
+            registry=r)
+        self.stale_events = Counter(
+            "s3ferry_dispatcher_stale_events_total",
+            "Events dropped because a newer one for the same key was already applied.",
+            registry=r)
+        self.event_lag = Histogram(
+            "s3ferry_dispatcher_event_lag_seconds", "From the event's time to its jobs sent.",
+            buckets=_LAG_BUCKETS, registry=r)
+        self.dead_letters = Counter(
+            "s3ferry_dispatcher_dead_letters_total",
+            "Event messages sent to the dead-letter queue, by reason.", ["reason"], registry=r)
 
 def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> int:
     """Serve ``/metrics``; port 0 picks a free port. Returns the port actually bound."""

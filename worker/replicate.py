@@ -9,6 +9,8 @@ means for the message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any
 
 from common.checksums import from_response
 from common.clients import ClientPool
-from common.errors import VerificationFailed
+from common.errors import SourceChanged, VerificationFailed
 from common.fingerprint import SEQUENCER, SOURCE_ETAG, newer_than
 from common.jobs import CopyJob, DeleteJob
 from common.logs import get_logger
@@ -25,9 +27,9 @@ from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy
 from common.s3errors import error_code
 from worker.metadata import write_args
-from worker.planner import Limits, plan
+from worker.planner import Limits, Strategy, plan
 from worker.source import ByteSource, S3Source, SourceObject
-from worker.transfer import Destination, Transfer, Written
+from worker.transfer import Destination, Transfer, Written, most_significant
 from worker.verify import verify_head, verify_response
 
 log = get_logger(__name__)
@@ -100,30 +102,70 @@ class Replicator:
         src_ep = self._clients.endpoint(job.source.endpoint)  # unknown names fail first
         dst_ep = self._clients.endpoint(job.destination.endpoint)
         source = await self.source_for(job)
-        src = await self._transfer.call("HeadObject", "source", source.head)
-        if job.source.etag and job.source.etag.strip('"') != src.etag.strip('"'):
-            log.info("source_newer_than_job")
         dest = Destination(client=await self._clients.get(job.destination.endpoint),
                            endpoint=dst_ep, bucket=job.destination.bucket,
                            key=job.destination.key)
+        server_side = (src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
+                       and source.copy_source() is not None)
+        with_tags = job.options.preserve_tags and src_ep.tagging and dst_ep.tagging
+        small = (not server_side and job.source.etag is not None
+                 and job.source.size is not None
+                 and job.source.size <= self._limits.multipart_threshold)
+        if small:
+            with contextlib.suppress(SourceChanged):  # changed since listed: the long way
+                return await self._copy_small(job, source, dest, with_tags, started)
+        src = await self._transfer.call("HeadObject", "source", source.head)
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
+        if skipped := self._skip(job, src, head):
+            return skipped
+        the_plan = plan(size=src.size, server_side=server_side, limits=self._limits)
+        tags = await self._tags(source, src) if with_tags else None
+        args = write_args(src, job, dst_ep, tags=tags)
+        written = await self._transfer.execute(the_plan, source, src, dest, args,
+                                               final_attempt=final_attempt)
+        return await self._finish(dest, src, written, the_plan.strategy.value, started)
+
+    async def _copy_small(self, job: CopyJob, source: ByteSource, dest: Destination,
+                          with_tags: bool, started: float) -> JobResult:
+        """GET the whole object (pinned to the listed ETag) while HEADing the destination."""
+        assert job.source.etag is not None
+        async with self._transfer.slot():
+            try:
+                async with asyncio.TaskGroup() as group:
+                    fetched = group.create_task(self._transfer.call(
+                        "GetObject", "source", partial(source.fetch, etag=job.source.etag)))
+                    headed = group.create_task(
+                        self._head_destination(dest.client, dest.bucket, dest.key))
+            except BaseExceptionGroup as errors:
+                raise most_significant(errors) from None
+            (src, data), head = fetched.result(), headed.result()
+            if skipped := self._skip(job, src, head):
+                return skipped
+            tags = await self._tags(source, src) if with_tags else None
+            args = write_args(src, job, dest.endpoint, tags=tags)
+            written = await self._transfer.put_bytes(src, data, dest, args)
+        return await self._finish(dest, src, written, Strategy.STREAM_PUT.value, started)
+
+    def _skip(self, job: CopyJob, src: SourceObject,
+              head: Mapping[str, Any] | None) -> JobResult | None:
+        if job.source.etag and job.source.etag.strip('"') != src.etag.strip('"'):
+            log.info("source_newer_than_job")
         if stale(job.options.sequencer, head):
             return JobResult(result="skipped", reason="stale_event")
         if why := already_there(src, head):
             return JobResult(result="skipped", reason=f"already_copied:{why}")
-        server_side = (src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
-                       and source.copy_source() is not None)
-        the_plan = plan(size=src.size, server_side=server_side, limits=self._limits)
-        with_tags = job.options.preserve_tags and src_ep.tagging and dst_ep.tagging
-        tags = await self._transfer.call("GetObjectTagging", "source",
-                                         source.tags) if with_tags else None
-        args = write_args(src, job, dst_ep, tags=tags)
-        written = await self._transfer.execute(the_plan, source, src, dest, args,
-                                               final_attempt=final_attempt)
+        return None
+
+    async def _tags(self, source: ByteSource, src: SourceObject) -> dict[str, str] | None:
+        if src.tag_count == 0:
+            return None
+        return await self._transfer.call("GetObjectTagging", "source", source.tags)
+
+    async def _finish(self, dest: Destination, src: SourceObject, written: Written,
+                      strategy: str, started: float) -> JobResult:
         method = await self._verify(dest, src, written)
-        self._metrics.copy_duration.labels(the_plan.strategy.value).observe(
-            time.monotonic() - started)
-        return JobResult(result="copied", bytes=src.size, strategy=the_plan.strategy.value,
+        self._metrics.copy_duration.labels(strategy).observe(time.monotonic() - started)
+        return JobResult(result="copied", bytes=src.size, strategy=strategy,
                          verified=method, resumed=written.resumed)
 
     async def _verify(self, dest: Destination, src: SourceObject, written: Written) -> str:

@@ -35,6 +35,7 @@ class SourceObject:
     storage_class: str | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    tag_count: int | None = None  # None: unknown (AWS's HEAD does not say)
 
 
 def source_object_from_head(head: Mapping[str, Any]) -> SourceObject:
@@ -59,6 +60,7 @@ def source_object_from_head(head: Mapping[str, Any]) -> SourceObject:
         storage_class=storage_class,
         headers=headers,
         metadata=dict(head.get("Metadata") or {}),
+        tag_count=head.get("TagCount"),
     )
 
 
@@ -71,6 +73,13 @@ class ByteSource(Protocol):
 
     async def read(self, part: Part | None, *, etag: str) -> bytes:
         """The bytes of ``part`` (or the whole object), only if the ETag still matches."""
+        ...
+
+    async def fetch(self, *, etag: str) -> tuple[SourceObject, bytes]:
+        """The whole object and what its GET said about it, only if the ETag matches.
+
+        One request instead of HEAD + GET: the fast path for small objects.
+        """
         ...
 
     async def tags(self) -> dict[str, str]: ...
@@ -115,6 +124,16 @@ class S3Source:
         except Exception as exc:
             raise classify(exc, operation="GetObject", context="source") from exc
         return data
+
+    async def fetch(self, *, etag: str) -> tuple[SourceObject, bytes]:
+        try:
+            response = await self._client.get_object(**self._ref(), IfMatch=etag,
+                                                     ChecksumMode="ENABLED")
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:
+            raise classify(exc, operation="GetObject", context="source") from exc
+        return source_object_from_head(response), data
 
     async def tags(self) -> dict[str, str]:
         try:

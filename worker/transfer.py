@@ -131,7 +131,10 @@ class Transfer:
     async def call(self, operation: str, context: str,
                     fn: Callable[[], Awaitable[T]]) -> T:
         """One S3 call, classified, retried when transient, counted when it fails."""
+        requests = self._metrics.s3_requests.labels(operation, context)
+
         async def attempt() -> T:
+            requests.inc()
             try:
                 async with asyncio.timeout(self._timeout):
                     return await fn()
@@ -171,23 +174,32 @@ class Transfer:
                            reason="corrupt_transfer")
         return data
 
+    def slot(self) -> asyncio.Semaphore:
+        """One unit of the process-wide buffer budget (a part or a small object)."""
+        return self._slots
+
     async def _stream_put(self, source: ByteSource, src: SourceObject, dest: Destination,
                           args: dict[str, Any]) -> Written:
         async with self._slots:
-            started = time.monotonic()
             data = await self._read(source, src, None)
-            algorithm = checksum_algorithm(src)
-            computed = checksums.compute(algorithm, data)
-            source_checked = check_source(src, algorithm, computed)
-            wire = checksums.to_wire(algorithm, computed.value)
-            put = dict(args)
-            if dest.checksums:
-                put[f"Checksum{algorithm}"] = wire
-            else:
-                put["ContentMD5"] = md5_b64(data)
-            response = await self.call("PutObject", "destination", partial(
-                dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=data, **put))
-            self._metrics.part_duration.labels("put").observe(time.monotonic() - started)
+            return await self.put_bytes(src, data, dest, args)
+
+    async def put_bytes(self, src: SourceObject, data: bytes, dest: Destination,
+                        args: dict[str, Any]) -> Written:
+        """One PUT of bytes already read (the caller holds a slot for them)."""
+        started = time.monotonic()
+        algorithm = checksum_algorithm(src)
+        computed = checksums.compute(algorithm, data)
+        source_checked = check_source(src, algorithm, computed)
+        wire = checksums.to_wire(algorithm, computed.value)
+        put = dict(args)
+        if dest.checksums:
+            put[f"Checksum{algorithm}"] = wire
+        else:
+            put["ContentMD5"] = md5_b64(data)
+        response = await self.call("PutObject", "destination", partial(
+            dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=data, **put))
+        self._metrics.part_duration.labels("put").observe(time.monotonic() - started)
         return Written(algorithm=algorithm if dest.checksums else None,
                        expected=wire if dest.checksums else None,
                        reported=response.get(f"Checksum{algorithm}"),

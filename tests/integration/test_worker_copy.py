@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from common.limits import MIB
+from common.metrics import WorkerMetrics
 from tests.integration.harness import (
     RCLONE_DROPS,
     assert_same_object,
+    body,
     copy_job,
     dead_letters,
+    listed_job,
     run_until_idle,
     send,
 )
@@ -208,3 +211,38 @@ async def test_redelivered_job_is_skipped_not_copied_again(
     assert second.results == {"skipped": 2}
     assert second.skipped == {"already_copied:fingerprint": 2}
     assert after["LastModified"] == before["LastModified"]
+
+
+@pytest.mark.parametrize("dst_server", ["china", "rclone"])
+async def test_listed_small_objects_take_one_get_and_keep_everything(
+        dst_server: str, config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """Jobs that carry the listed size and ETag (as the dispatcher sends them)."""
+    src, dst = make_bucket("global"), make_bucket(dst_server)
+    g = s3_clients["global"]
+    seed(g, src, "tagged.txt", 100)
+    seed(g, src, "untagged.txt", 0, Tagging="")
+    seed(g, src, "changed.txt", 50)
+    jobs = [listed_job(g, "global", src, k, dst_server, dst)
+            for k in ("tagged.txt", "untagged.txt", "changed.txt")]
+    new = seed(g, src, "changed.txt", 70)  # overwritten after it was listed
+    send(sqs_global, queues, jobs)
+    metrics = WorkerMetrics()
+
+    summary = await run_until_idle(config_path, queues, metrics=metrics)
+
+    assert dead_letters(sqs_global, queues) == {}
+    assert summary.results == {"copied": 3}
+    requests = metrics.s3_requests
+    # one GET per object, no HEAD, except the one that changed since it was listed
+    assert requests.labels("HeadObject", "source")._value.get() == 1
+    assert requests.labels("GetObject", "source")._value.get() == 4
+    assert requests.labels("PutObject", "destination")._value.get() == 3
+    drops = RCLONE_DROPS if dst_server == "rclone" else frozenset()
+    for key in ("tagged.txt", "untagged.txt", "changed.txt"):
+        assert_same_object(g, src, s3_clients[dst_server], dst, key, drops=drops)
+    assert body(s3_clients[dst_server], dst, "changed.txt") == new
+
+    send(sqs_global, queues, jobs[:2])  # redelivered: skipped on the fast path too
+    again = await run_until_idle(config_path, queues)
+    assert again.results == {"skipped": 2}
