@@ -13,8 +13,11 @@ from typing import Any
 
 import aioboto3
 import boto3
+import botocore.session
 from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 from botocore.config import Config
+from botocore.exceptions import ProfileNotFound
 
 from common.errors import ConfigError, GiveUp
 from common.settings import (
@@ -66,14 +69,28 @@ def botocore_config(ep: Endpoint, *, pool: int | None = None, read_timeout: floa
     )
 
 
+# Explicit keys must win over AWS_PROFILE in the environment: botocore still reads the
+# profile variable when keys are passed, and fails if that profile does not exist here.
+_NO_PROFILE = {"profile": (None, None, None, None)}
+
+
+def _explicit_keys(ep: Endpoint) -> bool:
+    return isinstance(ep.credentials, StaticCredentials | EnvCredentials)
+
+
 def async_session(ep: Endpoint) -> aioboto3.Session:
-    kwargs = _credential_kwargs(ep)
+    kwargs: dict[str, Any] = _credential_kwargs(ep)
+    if _explicit_keys(ep):
+        kwargs["botocore_session"] = AioSession(session_vars=_NO_PROFILE)
     return aioboto3.Session(region_name=ep.region, **kwargs)
 
 
 def sync_client(ep: Endpoint, service: str = "s3") -> Any:
     """A plain boto3 client for scripts, the demo and tests."""
-    session: Any = boto3.session.Session(region_name=ep.region, **_credential_kwargs(ep))
+    kwargs: dict[str, Any] = _credential_kwargs(ep)
+    if _explicit_keys(ep):
+        kwargs["botocore_session"] = botocore.session.Session(session_vars=_NO_PROFILE)
+    session: Any = boto3.session.Session(region_name=ep.region, **kwargs)
     return session.client(service, endpoint_url=ep.endpoint_url, config=botocore_config(ep))
 
 
@@ -115,9 +132,12 @@ class ClientPool:
             if client is not None:
                 return client
             ep = self.endpoint(name)
-            session: Any = async_session(ep)
-            client = await self._stack.enter_async_context(session.client(
-                service, endpoint_url=ep.endpoint_url,
-                config=botocore_config(ep, pool=self._pool, config_cls=AioConfig)))
+            try:
+                session: Any = async_session(ep)
+                client = await self._stack.enter_async_context(session.client(
+                    service, endpoint_url=ep.endpoint_url,
+                    config=botocore_config(ep, pool=self._pool, config_cls=AioConfig)))
+            except ProfileNotFound as exc:
+                raise ConfigError(f"endpoint {name!r}: {exc}") from exc
             self._clients[key] = client
         return client

@@ -59,3 +59,24 @@ def test_secrets_in_config_are_not_printed(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert "s3cr3t-value" not in repr(settings)
     assert "s3cr3t-value" not in str(settings.model_dump())
+
+
+def test_explicit_keys_win_over_a_missing_aws_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stray AWS_PROFILE must not break endpoints configured with their own keys."""
+    import asyncio
+
+    from common.clients import ClientPool, sync_client
+    from common.settings import Endpoint, StaticCredentials
+
+    monkeypatch.setenv("AWS_PROFILE", "profile-that-does-not-exist")
+    ep = Endpoint(name="a", endpoint_url="http://127.0.0.1:9",
+                  credentials=StaticCredentials(kind="static", access_key_id="AK",
+                                                secret_access_key="SK"))
+    assert sync_client(ep).meta.region_name == "us-east-1"
+
+    async def open_client() -> str:
+        async with ClientPool({"a": ep}) as pool:
+            client = await pool.get("a")
+            return str(client._request_signer._credentials.access_key)
+
+    assert asyncio.run(open_client()) == "AK"
