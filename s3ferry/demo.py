@@ -38,7 +38,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from common.fingerprint import user_metadata
 from common.jobs import CopyJob, DestinationRef, SourceRef, encode
 from common.limits import KIB, MIB, SQS_MAX_BATCH
 from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port
+from worker.consumer import Summary
 
 SOURCE = "global"
 DESTINATION = "china"
@@ -182,21 +182,10 @@ class WorkerProcess:
 
 
 @dataclass(kw_only=True)
-class Totals:
+class Totals(Summary):
     """The workers' summary JSON files, added together."""
 
-    results: Counter[str] = field(default_factory=Counter)
-    verified: Counter[str] = field(default_factory=Counter)
-    strategies: Counter[str] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    bytes_copied: int = 0
     unreported: list[str] = field(default_factory=list)  # workers that wrote no summary
-
-    def add(self, summary: Mapping[str, Any]) -> None:
-        for name in ("results", "verified", "strategies", "skipped", "dead_letters"):
-            getattr(self, name).update(summary.get(name) or {})
-        self.bytes_copied += int(summary.get("bytes_copied") or 0)
 
 
 @dataclass(frozen=True)

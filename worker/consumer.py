@@ -19,6 +19,7 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,12 @@ class Summary:
     skipped: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     bytes_copied: int = 0
+
+    def add(self, other: Mapping[str, Any]) -> None:
+        """Add another worker's summary, as ``--summary-json`` wrote it."""
+        for name in ("results", "verified", "strategies", "skipped", "dead_letters"):
+            getattr(self, name).update(other.get(name) or {})
+        self.bytes_copied += int(other.get("bytes_copied") or 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {"results": dict(self.results), "verified": dict(self.verified),
