@@ -8,7 +8,7 @@ one value to compare with the source's.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,13 @@ def combine(algorithm: str, parts: Iterable[PartChecksum]) -> PartChecksum:
         value = part.value if i == 0 else comb(value, part.value, part.length)
         length += part.length
     return PartChecksum(value, length)
+
+
+def composite(algorithm: str, parts: Sequence[PartChecksum]) -> str:
+    """S3's COMPOSITE value: the checksum of the parts' checksums, then ``-<part count>``."""
+    fn, _, width = _ALGORITHMS[algorithm]
+    raw = b"".join(p.value.to_bytes(width, "big") for p in parts)
+    return f"{to_wire(algorithm, fn(raw))}-{len(parts)}"
 
 
 def to_wire(algorithm: str, value: int) -> str:

@@ -105,8 +105,21 @@ def split(size: int, part_size: int) -> tuple[Part, ...]:
         for i, start in enumerate(range(0, size, part_size)))
 
 
-def plan(*, size: int, server_side: bool, limits: Limits) -> Plan:
-    """Choose how to copy an object of ``size`` bytes."""
+def fits_layout(size: int, part_size: int | None, parts_count: int | None) -> bool:
+    """Whether copying in the source's own part layout is possible within S3's limits."""
+    if not part_size or not parts_count or part_size > MAX_PART_SIZE:
+        return False
+    count = -(-size // part_size)
+    return count == parts_count <= MAX_PARTS and (count == 1 or part_size >= MIN_PART_SIZE)
+
+
+def plan(*, size: int, server_side: bool, limits: Limits,
+         layout: int | None = None) -> Plan:
+    """Choose how to copy an object of ``size`` bytes.
+
+    ``layout`` is a part size to use exactly (the source's own, so its COMPOSITE checksum can
+    be recomputed); the caller checks it with :func:`fits_layout`.
+    """
     if size < 0:
         raise ValueError("size must be >= 0")
     if size > limits.max_object_size:
@@ -119,5 +132,5 @@ def plan(*, size: int, server_side: bool, limits: Limits) -> Plan:
         return Plan(Strategy.SERVER_MULTIPART, size, ps, split(size, ps))
     if size <= min(limits.multipart_threshold, MAX_SINGLE_PUT):
         return Plan(Strategy.STREAM_PUT, size, size, ())
-    ps = part_size_for(size, limits.part_size)
+    ps = layout or part_size_for(size, limits.part_size)
     return Plan(Strategy.STREAM_MULTIPART, size, ps, split(size, ps))

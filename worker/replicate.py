@@ -27,7 +27,7 @@ from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy
 from common.s3errors import error_code
 from worker.metadata import write_args
-from worker.planner import Limits, Strategy, plan
+from worker.planner import Limits, Strategy, fits_layout, plan
 from worker.source import ByteSource, S3Source, SourceObject
 from worker.transfer import Destination, Transfer, Written, most_significant
 from worker.verify import verify_head, verify_response
@@ -118,7 +118,10 @@ class Replicator:
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
         if skipped := self._skip(job, src, head):
             return skipped
-        the_plan = plan(size=src.size, server_side=server_side, limits=self._limits)
+        layout = src.part_size if src.composite_layout() and fits_layout(
+            src.size, src.part_size, src.parts_count) else None
+        the_plan = plan(size=src.size, server_side=server_side, limits=self._limits,
+                        layout=layout)
         tags = await self._tags(source, src) if with_tags else None
         args = write_args(src, job, dst_ep, tags=tags)
         written = await self._transfer.execute(the_plan, source, src, dest, args,

@@ -9,11 +9,11 @@ code only sees this protocol; server-side copies additionally ask ``copy_source`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from common.checksums import ObjectChecksum, from_response
+from common.checksums import ObjectChecksum, combinable, from_response
 from common.errors import SourceArchived
 from common.s3errors import classify
 from worker.planner import Part
@@ -36,6 +36,14 @@ class SourceObject:
     headers: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
     tag_count: int | None = None  # None: unknown (AWS's HEAD does not say)
+    part_size: int | None = None  # the source's own part layout, when its checksum needs it
+    parts_count: int | None = None
+
+    def composite_layout(self) -> bool:
+        """The source's checksum is COMPOSITE and its part layout is known."""
+        return (self.checksum is not None and not self.checksum.full_object
+                and combinable(self.checksum.algorithm) and bool(self.part_size)
+                and bool(self.parts_count))
 
 
 def source_object_from_head(head: Mapping[str, Any]) -> SourceObject:
@@ -111,7 +119,22 @@ class S3Source:
             head = await self._client.head_object(**self._ref(), ChecksumMode="ENABLED")
         except Exception as exc:
             raise classify(exc, operation="HeadObject", context="source") from exc
-        return source_object_from_head(head)
+        src = source_object_from_head(head)
+        if src.checksum is not None and not src.checksum.full_object:
+            src = await self._with_layout(src)
+        return src
+
+    async def _with_layout(self, src: SourceObject) -> SourceObject:
+        """A COMPOSITE checksum can only be recomputed in the source's own part layout."""
+        try:
+            first = await self._client.head_object(**self._ref(), PartNumber=1,
+                                                   IfMatch=src.etag)
+        except Exception as exc:
+            raise classify(exc, operation="HeadObject", context="source") from exc
+        count = first.get("PartsCount")
+        if not count:
+            return src
+        return replace(src, part_size=int(first["ContentLength"]), parts_count=int(count))
 
     async def read(self, part: Part | None, *, etag: str) -> bytes:
         kwargs: dict[str, Any] = {**self._ref(), "IfMatch": etag}

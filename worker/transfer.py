@@ -19,7 +19,7 @@ import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -32,7 +32,7 @@ from common.retry import RetryPolicy, retrying
 from common.s3errors import classify, error_code
 from common.settings import Endpoint
 from worker.multipart import MultipartUpload, UploadedPart
-from worker.planner import Part, Plan, Strategy
+from worker.planner import Part, Plan, Strategy, split
 from worker.source import ByteSource, SourceObject
 
 T = TypeVar("T")
@@ -66,21 +66,42 @@ class Written:
 
 
 def checksum_algorithm(src: SourceObject) -> str:
-    """Keep the source's algorithm when it is comparable, so both sides stay comparable."""
-    if src.checksum is not None and src.checksum.comparable():
+    """Keep the source's algorithm when we can recompute it, so both sides stay comparable."""
+    if src.checksum is not None and (src.checksum.comparable() or src.composite_layout()):
         return src.checksum.algorithm
     return checksums.DEFAULT_ALGORITHM
 
 
-def check_source(src: SourceObject, algorithm: str, computed: checksums.PartChecksum) -> bool:
-    """Compare what we read with the source's own full-object checksum, when it has one."""
-    if src.checksum is None or not src.checksum.comparable():
+def check_source(src: SourceObject, algorithm: str,
+                 parts: Sequence[checksums.PartChecksum]) -> bool:
+    """Compare what we read (per-part CRCs, in order) with the source's own checksum.
+
+    A FULL_OBJECT checksum is compared with the parts combined; a COMPOSITE one is
+    recomputed when the parts follow the source's own layout. Returns whether a comparison
+    was possible; a mismatch raises SourceChanged (the attempt is abandoned, never completed).
+    """
+    ck = src.checksum
+    if ck is None or ck.algorithm != algorithm or not parts:
         return False
-    if src.checksum.algorithm != algorithm:
+    if ck.comparable():
+        value = checksums.to_wire(algorithm, checksums.combine(algorithm, parts).value)
+    elif src.composite_layout() and src.part_size and [p.length for p in parts] == [
+            p.length for p in split(src.size, src.part_size)]:
+        value = checksums.composite(algorithm, parts)
+    else:
         return False
-    if checksums.to_wire(algorithm, computed.value) != src.checksum.value:
+    if value != ck.value:
         raise SourceChanged(f"bytes read do not match the source's {algorithm} checksum")
     return True
+
+
+def part_checksums(src: SourceObject, algorithm: str, data: bytes) -> list[checksums.PartChecksum]:
+    """CRCs of ``data``, per source part when the source's checksum is COMPOSITE."""
+    if not src.composite_layout() or not src.part_size or not data:
+        return [checksums.compute(algorithm, data)]
+    view = memoryview(data)
+    return [checksums.compute(algorithm, view[p.start:p.end + 1])
+            for p in split(len(data), src.part_size)]
 
 
 def md5_b64(data: bytes) -> str:
@@ -189,9 +210,9 @@ class Transfer:
         """One PUT of bytes already read (the caller holds a slot for them)."""
         started = time.monotonic()
         algorithm = checksum_algorithm(src)
-        computed = checksums.compute(algorithm, data)
-        source_checked = check_source(src, algorithm, computed)
-        wire = checksums.to_wire(algorithm, computed.value)
+        parts = part_checksums(src, algorithm, data)
+        source_checked = check_source(src, algorithm, parts)
+        wire = checksums.to_wire(algorithm, checksums.combine(algorithm, parts).value)
         put = dict(args)
         if dest.checksums:
             put[f"Checksum{algorithm}"] = wire
@@ -232,7 +253,8 @@ class Transfer:
         checksum is checked before completing, so stale parts cannot slip through; otherwise
         the upload must have started after the source was last modified (plus clock skew).
         """
-        provable = dest.checksums and src.checksum is not None and src.checksum.comparable()
+        provable = dest.checksums and src.checksum is not None and (
+            src.checksum.comparable() or src.composite_layout())
 
         def decide(initiated: datetime) -> bool:
             if provable:
@@ -269,9 +291,9 @@ class Transfer:
                         src: SourceObject, dest: Destination, algorithm: str) -> Written:
         source_checked, wire = False, None
         if all(p.checksum is not None for p in parts):
-            combined = checksums.combine(algorithm, [p.checksum for p in parts if p.checksum])
-            source_checked = check_source(src, algorithm, combined)
-            wire = checksums.to_wire(algorithm, combined.value)
+            crcs = [p.checksum for p in parts if p.checksum]
+            source_checked = check_source(src, algorithm, crcs)
+            wire = checksums.to_wire(algorithm, checksums.combine(algorithm, crcs).value)
         extra: dict[str, Any] = {"MpuObjectSize": src.size}
         if dest.checksums and wire:
             extra.update({f"Checksum{algorithm}": wire, "ChecksumType": "FULL_OBJECT"})

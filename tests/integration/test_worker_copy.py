@@ -246,3 +246,41 @@ async def test_listed_small_objects_take_one_get_and_keep_everything(
     send(sqs_global, queues, jobs[:2])  # redelivered: skipped on the fast path too
     again = await run_until_idle(config_path, queues)
     assert again.results == {"skipped": 2}
+
+
+def upload_in_parts(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
+    """A multipart upload with CRC32 parts: S3 gives it a COMPOSITE checksum."""
+    up = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32",
+                                        **{k: v for k, v in RICH.items() if k != "Expires"})
+    done = []
+    for number, data in enumerate(parts, 1):
+        r = client.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"],
+                               PartNumber=number, Body=data, ChecksumAlgorithm="CRC32")
+        done.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r["ChecksumCRC32"]})
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
+                                     MultipartUpload={"Parts": done})
+
+
+async def test_composite_checksum_sources_are_verified_against_the_source(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """Multipart sources with only a COMPOSITE checksum are copied in their own layout so
+    the worker can prove it read the source's bytes (not just that it wrote what it read)."""
+    src, dst = make_bucket("global"), make_bucket("china")
+    g = s3_clients["global"]
+    upload_in_parts(g, src, "three.bin", [os.urandom(6 * MIB), os.urandom(6 * MIB),
+                                          os.urandom(1234)])
+    upload_in_parts(g, src, "small-two.bin", [os.urandom(5 * MIB), os.urandom(7)])
+    head = g.head_object(Bucket=src, Key="three.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumType"] == "COMPOSITE"
+    send(sqs_global, queues, [copy_job("global", src, k, "china", dst)
+                              for k in ("three.bin", "small-two.bin")])
+
+    summary = await run_until_idle(config_path, queues, part_size=8 * MIB,
+                                   multipart_threshold=8 * MIB)
+
+    assert dead_letters(sqs_global, queues) == {}
+    assert summary.verified == {"source_checksum": 2}
+    assert summary.strategies == {"stream_multipart": 1, "stream_put": 1}
+    for key in ("three.bin", "small-two.bin"):
+        assert_same_object(g, src, s3_clients["china"], dst, key)

@@ -88,3 +88,31 @@ def test_presigned_queries_and_auth_headers_are_scrubbed() -> None:
     text = scrub_text(f"GET {url} failed; headers={json.dumps({'Authorization': secret})}")
     assert secret not in text
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in text
+
+
+def test_composite_checksum_matches_s3s_definition() -> None:
+    # value seen from LocalStack for a CRC32 COMPOSITE upload of three known parts
+    parts = [b"a" * 10, b"b" * 20, b"c"]
+    crcs = [checksums.compute("CRC32", p) for p in parts]
+    raw = b"".join(c.value.to_bytes(4, "big") for c in crcs)
+    expected = checksums.to_wire("CRC32", checksums.compute("CRC32", raw).value) + "-3"
+    assert checksums.composite("CRC32", crcs) == expected
+
+
+def test_composite_source_is_checked_in_its_own_layout() -> None:
+    import pytest
+
+    from common.errors import SourceChanged
+    from worker.transfer import check_source, part_checksums
+
+    data = os.urandom(25)
+    layout = [data[0:10], data[10:20], data[20:]]
+    value = checksums.composite("CRC32", [checksums.compute("CRC32", p) for p in layout])
+    src = SourceObject(size=25, etag='"e-3"', checksum=checksums.ObjectChecksum(
+        "CRC32", value, False), part_size=10, parts_count=3)
+    assert check_source(src, "CRC32", part_checksums(src, "CRC32", data))
+    other = SourceObject(size=25, etag='"e-3"', checksum=src.checksum, part_size=5,
+                         parts_count=5)
+    assert not check_source(other, "CRC32", [checksums.compute("CRC32", data)])  # no layout
+    with pytest.raises(SourceChanged):
+        check_source(src, "CRC32", part_checksums(src, "CRC32", os.urandom(25)))
