@@ -71,3 +71,15 @@ lock: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(LSVENV) $(CKVENV) .debian-installed .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# Benchmarks (bench/README.md): s3ferry against rclone and s5cmd on the local partitions.
+# `make bench` writes bench/results/<date>.{json,md,png}; BENCH_ARGS="--reps 1 --only W1,W3".
+BENCH_ARGS ?=
+BENCH_SMOKE_OUT ?= $(or $(TMPDIR),/tmp)/s3ferry-bench-smoke
+.PHONY: bench bench-smoke
+
+bench: $(VENV)/.installed $(LSVENV)/.installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-smoke: $(VENV)/.installed $(LSVENV)/.installed
+	$(BIN)/python -m bench --smoke --out $(BENCH_SMOKE_OUT) $(BENCH_ARGS)

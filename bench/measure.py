@@ -1,0 +1,125 @@
+"""Measured child processes: CPU seconds from ``wait4``, peak RSS from ``VmHWM``.
+
+The kernel accounts a child's user + system time and hands it over when the child is reaped,
+so the copying processes are measured exactly and the emulators (other process trees) never
+are. A child is reaped only here, with ``wait4``: ``Popen.wait``/``poll`` would reap it first
+and the accounting would be lost.
+
+Peak RSS is *not* ``ru_maxrss``: Linux carries the high-water mark of the memory a process had
+before ``exec`` into it, so every child of this (large) bench process would report the bench's
+own RSS. ``VmHWM`` in ``/proc/<pid>/status`` belongs to the address space after ``exec``; a
+thread samples it every 20 ms until the child exits (it only grows, so the last sample is the
+peak but for growth in the final 20 ms).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    exit_code: int
+    cpu_seconds: float
+    max_rss: int  # bytes
+    wall_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Child:
+    """One started process, reaped with ``wait4`` so its resource usage is kept."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], log: Path,
+                 cwd: Path | None = None, stdout: Path | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.stdout = stdout
+        self.started = time.perf_counter()
+        with log.open("ab") as err, (stdout or log).open("ab") as out:
+            self.popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd,
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        self.usage: Usage | None = None
+        self._hwm = 0
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        path = f"/proc/{self.pid}/status"
+        while self.usage is None:
+            hwm = vm_hwm(path)
+            if hwm is None:  # exited (a zombie has no VmHWM)
+                return
+            self._hwm = max(self._hwm, hwm)
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> Usage | None:
+        if self.usage is None:
+            pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+            if pid:
+                self._done(status, ru)
+        return self.usage
+
+    def wait(self, timeout: float | None = None) -> Usage:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (usage := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"{self.name} still running after {timeout} s; killed")
+            time.sleep(0.02)
+        return usage
+
+    def terminate(self) -> None:
+        if self.usage is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.usage is None:
+            self.popen.kill()
+            _, status, ru = os.wait4(self.pid, 0)
+            self._done(status, ru)
+
+    def _done(self, status: int, ru: Any) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = code  # Popen must not try to reap it again
+        wall = time.perf_counter() - self.started
+        self._sampler.join(timeout=1)
+        self.usage = Usage(exit_code=code, cpu_seconds=ru.ru_utime + ru.ru_stime,
+                           max_rss=self._hwm, wall_seconds=wall)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def vm_hwm(status_path: str = "/proc/self/status") -> int | None:
+    """Peak resident set size of a process in bytes, or None if it is gone."""
+    try:
+        with open(status_path, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def median(values: Iterable[float]) -> float:
+    items = list(values)
+    return statistics.median(items) if items else float("nan")

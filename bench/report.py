@@ -1,0 +1,298 @@
+"""Medians, ratios and targets from the runs of one bench; JSON, markdown and a PNG chart.
+
+Only verified runs count. Ratios are s3ferry's median over the peer's median, in the same
+bench run (absolute times drift on this shared machine; ratios in one run hold).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.measure import median
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """workload -> variant -> medians over the verified runs."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["workload"], run["variant"])].append(run)
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for (wid, label), items in groups.items():
+        good = [r for r in items if r["ok"]]
+        row: dict[str, Any] = {"runs": len(items), "ok": len(good)}
+        for metric in ("wall_seconds", "cpu_seconds", "peak_rss", "mib_per_second",
+                       "objects_per_second", "cpu_seconds_per_gib", "keys_per_second"):
+            values = [r[metric] for r in good if r.get(metric) is not None]
+            if values:
+                row[metric] = median(values)
+                row[f"{metric}_all"] = values
+        out[wid][label] = row
+    return dict(out)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: float | None
+    limit: float
+    unit: str
+    higher_is_better: bool = False
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None or math.isnan(self.measured):
+            return None
+        if self.higher_is_better:
+            return self.measured >= self.limit
+        return self.measured <= self.limit
+
+    @property
+    def margin(self) -> str:
+        if self.met is None:
+            return "not measured"
+        assert self.measured is not None
+        gap = abs(self.measured / self.limit - 1) * 100
+        return f"met with {gap:.0f}% to spare" if self.met else f"missed by {gap:.0f}%"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "measured": self.measured, "limit": self.limit,
+                "unit": self.unit, "met": self.met, "margin": self.margin}
+
+
+def _get(summary: dict[str, Any], wid: str, label: str, metric: str) -> float | None:
+    value = summary.get(wid, {}).get(label, {}).get(metric)
+    return None if value is None else float(value)
+
+
+def ratio(summary: dict[str, Any], wid: str, metric: str, peer: str,
+          mine: str = "s3ferry") -> float | None:
+    a, b = _get(summary, wid, mine, metric), _get(summary, wid, peer, metric)
+    return None if a is None or not b else a / b
+
+
+def targets(summary: dict[str, Any], diff: dict[str, Any]) -> list[Target]:
+    out = [Target(f"{w} wall time s3ferry / rclone", ratio(summary, w, "wall_seconds", "rclone"),
+                  1.0, "x") for w in ("W1", "W2", "W3")]
+    out += [Target(f"{w} wall time s3ferry / s5cmd", ratio(summary, w, "wall_seconds", "s5cmd"),
+                   1.0, "x") for w in ("W4a", "W4b")]
+    out += [Target(f"{w} CPU s per GiB s3ferry / rclone",
+                   ratio(summary, w, "cpu_seconds_per_gib", "rclone"), 2.0, "x")
+            for w in ("W1", "W3")]
+    rss = _get(summary, "W3", "s3ferry", "peak_rss")
+    out.append(Target("W3 worker peak RSS", None if rss is None else rss / MIB, 300, "MiB"))
+    out.append(Target("W5 diff keys/s in process (CPU clock)", diff.get("keys_per_second"),
+                      200_000, "keys/s", higher_is_better=True))
+    out.append(Target("W5 diff keys/s in process incl. building Entry values (CPU clock)",
+                      diff.get("entries_keys_per_second"), 200_000, "keys/s",
+                      higher_is_better=True))
+    peak = diff.get("peak_rss")
+    out.append(Target("W5 diff peak RSS in process", None if peak is None else peak / MIB, 150,
+                      "MiB"))
+    return out
+
+
+def synthetic_diff(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in runs if r["workload"] == "W5-synthetic" and r["ok"]]
+    if not good:
+        return {}
+    rates = [r["details"]["keys_per_second"] for r in good]
+    return {"keys": good[0]["details"]["keys"],
+            "keys_per_second": median(x["diff_cpu"] for x in rates),
+            "keys_per_second_wall": median(x["diff_wall"] for x in rates),
+            "entries_keys_per_second": median(x["entries_and_diff_cpu"] for x in rates),
+            "entries_keys_per_second_wall": median(x["entries_and_diff_wall"] for x in rates),
+            "peak_rss": median(r["details"]["peak_rss"] for r in good),
+            "rss_after_imports": median(r["details"]["rss_after_imports"] for r in good)}
+
+
+# -- profiles ------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+
+
+def top_self(raw: str, n: int = 15) -> list[dict[str, Any]]:
+    """Functions ranked by self samples, from py-spy's ``--format raw`` collapsed stacks."""
+    self_samples: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        match = _FRAME.match(leaf)
+        name = f"{match['func']} ({_short(match['file'])})" if match else leaf
+        self_samples[name] += int(count)
+        total += int(count)
+    return [{"function": name, "samples": c, "percent": round(100 * c / total, 1)}
+            for name, c in self_samples.most_common(n)] if total else []
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+# -- output --------------------------------------------------------------------------------
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    summary, lines = report["summary"], []
+    lines.append(f"# s3ferry bench ({report['plan']}, {report['started']})\n")
+    lines.append(f"{report['environment']['cpus']} CPUs shared with the emulators and other "
+                 f"work; load average at start {report['environment']['loadavg_start']}, at "
+                 f"end {report['environment']['loadavg_end']}. Medians of "
+                 f"{report['reps']} interleaved repetitions; only verified runs count.\n")
+    lines += _copy_table(report)
+    lines += _diff_table(report)
+    lines += _scale_table(summary)
+    lines.append("\n## Targets\n")
+    lines.append("| target | measured | limit | met | margin |")
+    lines.append("|---|---:|---:|:-:|---|")
+    for t in report["targets"]:
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['name']} | {_fmt(t['measured'])} {t['unit']} | {t['limit']:,} "
+                     f"{t['unit']} | {met} | {t['margin']} |")
+    for wid, prof in report.get("profiles", {}).items():
+        lines.append(f"\n## Profile: s3ferry worker during {wid} (py-spy, self time)\n")
+        if not prof.get("top"):
+            lines.append(f"not captured: {prof.get('error', 'no samples')}")
+            continue
+        lines.append(f"{prof['samples']} samples; flame graph input: `{prof['raw']}`\n")
+        lines.append("| % | samples | function |")
+        lines.append("|---:|---:|---|")
+        lines += [f"| {p['percent']} | {p['samples']} | `{p['function']}` |"
+                  for p in prof["top"]]
+    failed = [r for r in report["runs"] if not r["ok"]]
+    if failed:
+        lines.append("\n## Runs that did not count\n")
+        lines += [f"- {r['workload']} {r['variant']} rep {r['rep']}: {r['error'][:300]}"
+                  for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _copy_table(report: dict[str, Any]) -> list[str]:
+    summary = report["summary"]
+    lines = ["## Copies\n",
+             "| workload | tool | ok | wall s | MiB/s | objects/s | CPU s | CPU s/GiB | "
+             "peak RSS MiB | wall / peer | CPU / peer |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for wl in report["workloads"]:
+        if wl["baseline"] is None:
+            continue
+        for label, row in summary.get(wl["id"], {}).items():
+            peer = wl["baseline"]
+            mine = label.startswith("s3ferry")
+            wall = ratio(summary, wl["id"], "wall_seconds", peer, label) if mine else None
+            cpu = ratio(summary, wl["id"], "cpu_seconds", peer, label) if mine else None
+            rss = row.get("peak_rss")
+            lines.append(
+                f"| {wl['id']} {wl['title']} | {label} | {row['ok']}/{row['runs']} | "
+                f"{_fmt(row.get('wall_seconds'))} | {_fmt(row.get('mib_per_second'), 1)} | "
+                f"{_fmt(row.get('objects_per_second'), 1)} | {_fmt(row.get('cpu_seconds'))} | "
+                f"{_fmt(row.get('cpu_seconds_per_gib'))} | "
+                f"{_fmt(None if rss is None else rss / MIB, 0)} | "
+                f"{_fmt(wall)} | {_fmt(cpu)} |")
+    return lines
+
+
+def _diff_table(report: dict[str, Any]) -> list[str]:
+    diff, summary = report.get("diff", {}), report["summary"]
+    lines = ["\n## W5 diff\n"]
+    if not diff:
+        return [*lines, "not available (no verified W5 run)"]
+    lines.append(f"In process, {diff['keys']:,} synthetic keys (Mode.SIZE, 10% missing, "
+                 f"~13% size differs): **{_fmt(diff['keys_per_second'], 0)} keys/s** on the "
+                 f"CPU clock ({_fmt(diff['keys_per_second_wall'], 0)} on the wall clock); "
+                 f"including building the `Entry` values: "
+                 f"{_fmt(diff['entries_keys_per_second'], 0)} keys/s CPU "
+                 f"({_fmt(diff['entries_keys_per_second_wall'], 0)} wall); peak RSS "
+                 f"{_fmt(diff['peak_rss'] / MIB, 1)} MiB "
+                 f"({_fmt(diff['rss_after_imports'] / MIB, 1)} MiB after imports).\n")
+    lines.append("| real keys listed + diffed | ok | wall s | keys/s | CPU s | peak RSS MiB |")
+    lines.append("|---|--:|--:|--:|--:|--:|")
+    for label, row in summary.get("W5-real", {}).items():
+        rss = row.get("peak_rss")
+        lines.append(f"| {label} | {row['ok']}/{row['runs']} | "
+                     f"{_fmt(row.get('wall_seconds'))} | "
+                     f"{_fmt(row.get('keys_per_second'), 0)} | {_fmt(row.get('cpu_seconds'))} "
+                     f"| {_fmt(None if rss is None else rss / MIB, 0)} |")
+    return lines
+
+
+def _scale_table(summary: dict[str, Any]) -> list[str]:
+    rows = summary.get("W6", {})
+    if not rows:
+        return []
+    lines = ["\n## W6 scale-out (W2 set)\n",
+             "| workers | ok | wall s | objects/s | objects/s per worker | CPU s | "
+             "peak RSS MiB (one worker) |", "|--:|--:|--:|--:|--:|--:|--:|"]
+    for label, row in sorted(rows.items(), key=lambda kv: int(kv[0].split("x")[-1])):
+        n = int(label.split("x")[-1])
+        ops = row.get("objects_per_second")
+        rss = row.get("peak_rss")
+        lines.append(f"| {n} | {row['ok']}/{row['runs']} | {_fmt(row.get('wall_seconds'))} | "
+                     f"{_fmt(ops, 1)} | {_fmt(None if ops is None else ops / n, 1)} | "
+                     f"{_fmt(row.get('cpu_seconds'))} | "
+                     f"{_fmt(None if rss is None else rss / MIB, 0)} |")
+    return lines
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = report["summary"]
+    pairs = [(w["id"], w["baseline"]) for w in report["workloads"] if w["baseline"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5),
+                                      gridspec_kw={"width_ratios": [2, 1]})
+    xs = range(len(pairs))
+    walls = [ratio(summary, w, "wall_seconds", p) or 0 for w, p in pairs]
+    cpus = [ratio(summary, w, "cpu_seconds", p) or 0 for w, p in pairs]
+    left.bar([x - 0.2 for x in xs], walls, 0.4, label="wall time")
+    left.bar([x + 0.2 for x in xs], cpus, 0.4, label="CPU seconds")
+    left.axhline(1.0, color="black", linewidth=0.8)
+    left.axhline(2.0, color="grey", linewidth=0.8, linestyle="--")
+    left.set_xticks(list(xs), [f"{w}\nvs {p}" for w, p in pairs])
+    left.set_ylabel("s3ferry / peer (lower is better)")
+    left.set_title("Ratios per workload (medians, same run)")
+    left.legend()
+    scale = summary.get("W6", {})
+    points = sorted((int(k.split("x")[-1]), v.get("objects_per_second") or 0)
+                    for k, v in scale.items())
+    if points:
+        right.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        right.set_xticks([p[0] for p in points])
+    right.set_xlabel("workers on one queue")
+    right.set_ylabel("objects/s")
+    right.set_title("W6 scale-out (W2 set)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(report: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md",
+             "chart": out_dir / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(report))
+    chart(report, paths["chart"])
+    return paths

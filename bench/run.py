@@ -1,0 +1,391 @@
+"""``python -m bench``: seed once, run every tool on every workload (interleaved), report.
+
+    python -m bench                      # the full bench (issue 4), 3 repetitions
+    python -m bench --reps 1 --only W1,W3
+    python -m bench --smoke --out /tmp/x # a few objects per workload, one repetition
+
+Each run copies into a new, empty destination bucket, is verified (every key and size, and
+the bytes of a sample) before it counts, and its bucket is deleted afterwards. Repetitions are
+interleaved (rep 1 of every tool, then rep 2, ...) and the order of the tools rotates per
+repetition, so drift on this shared machine hits every tool alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report as reporting
+from bench.measure import Child
+from bench.seed import Seeded, VerifyError, create_bucket, drop_bucket, seed, verify
+from bench.tools import RunFailed, RunResult, Side, Tools
+from bench.workloads import (
+    GIB,
+    MIB,
+    SOURCE_ENDPOINT,
+    DiffPlan,
+    ObjectSet,
+    Plan,
+    Variant,
+    Workload,
+    full_plan,
+    smoke_plan,
+)
+from s3ferry.localbed import REPO_ROOT, LocalBed, LocalServer
+
+RESULTS = REPO_ROOT / "bench" / "results"
+Log = Callable[[str], None]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- one run -------------------------------------------------------------------------------
+
+def _bucket_name(*parts: object) -> str:
+    name = "-".join(str(p) for p in parts).lower().replace(" ", "")
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
+    return f"{name[:48]}-{uuid.uuid4().hex[:8]}"
+
+
+class Runner:
+    def __init__(self, tools: Tools, plan: Plan, workdir: Path, log: Log) -> None:
+        self.tools = tools
+        self.plan = plan
+        self.workdir = workdir
+        self.log = log
+        self.rng = random.Random(4)
+        self.seeded: dict[str, Seeded] = {}
+
+    def seed_all(self) -> dict[str, float]:
+        sets: dict[str, ObjectSet] = {w.objects.name: w.objects for w in self.plan.workloads}
+        if self.plan.diff is not None:
+            sets[self.plan.diff.real.name] = self.plan.diff.real
+        seconds = {}
+        client = self.tools.s3[SOURCE_ENDPOINT]
+        for name, objects in sets.items():
+            began = time.perf_counter()
+            bucket = _bucket_name("src", name)
+            self.seeded[name] = seed(client, SOURCE_ENDPOINT, bucket, objects)
+            seconds[name] = round(time.perf_counter() - began, 2)
+            self.log(f"seeded {name}: {objects.count:,} x {objects.size:,} B in "
+                     f"{seconds[name]} s")
+        return seconds
+
+    def _run_dir(self, *parts: object) -> Path:
+        path = self.workdir / "runs" / "-".join(str(p).replace(" ", "") for p in parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def copy(self, wl: Workload, variant: Variant, rep: int,
+             profile: Path | None = None) -> dict[str, Any]:
+        seeded = self.seeded[wl.objects.name]
+        dst = Side(wl.destination, _bucket_name(wl.id, variant.tool, rep))
+        client = self.tools.s3[dst.endpoint]
+        create_bucket(client, dst.bucket)
+        src = Side(SOURCE_ENDPOINT, seeded.bucket)
+        run_dir = self._run_dir(wl.id, variant.label, rep if profile is None else "profile")
+        record = _record(wl.id, variant, rep)
+        try:
+            result = self._launch(variant, src, dst, run_dir, profile)
+            checked = verify(client, dst.bucket, seeded, wl.verify_sample, self.rng)
+            record.update(_metrics(result, checked["bytes"], checked["objects"]),
+                          verify=checked, ok=True)
+        except (RunFailed, VerifyError, TimeoutError) as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            drop_bucket(client, dst.bucket)
+        self._say_run(record)
+        return record
+
+    def _launch(self, variant: Variant, src: Side, dst: Side, run_dir: Path,
+                profile: Path | None) -> RunResult:
+        if variant.tool == "s3ferry":
+            return self.tools.run_s3ferry(variant, src, dst, run_dir, profile=profile)
+        if variant.tool == "rclone":
+            return self.tools.run_rclone(variant, src, dst, run_dir)
+        return self.tools.run_s5cmd(variant, src, dst, run_dir)
+
+    def diff_real(self, plan: DiffPlan, variant: Variant, rep: int) -> dict[str, Any]:
+        seeded = self.seeded[plan.real.name]
+        dst = Side("china", _bucket_name("w5", variant.tool, rep))
+        client = self.tools.s3[dst.endpoint]
+        create_bucket(client, dst.bucket)
+        src = Side(SOURCE_ENDPOINT, seeded.bucket)
+        run_dir = self._run_dir("W5-real", variant.label, rep)
+        record = _record("W5-real", variant, rep)
+        try:
+            if variant.tool == "s3ferry":
+                result = self.tools.run_backfill_dry(variant, src, dst, run_dir)
+                _check_dry_run(result, plan.real.count)
+            else:
+                result = self.tools.run_rclone(variant, src, dst, run_dir)
+            record.update(_metrics(result, 0, plan.real.count), ok=True,
+                          keys_per_second=plan.real.count / result.wall_seconds)
+        except (RunFailed, VerifyError, TimeoutError) as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            drop_bucket(client, dst.bucket)
+        self._say_run(record)
+        return record
+
+    def diff_synthetic(self, plan: DiffPlan, rep: int) -> dict[str, Any]:
+        run_dir = self._run_dir("W5-synthetic", rep)
+        out = run_dir / "result.json"
+        argv = [sys.executable, "-m", "bench.diffbench", "--keys", str(plan.synthetic_keys),
+                "--out", str(out)]
+        child = Child("diffbench", argv, env=dict(os.environ), log=run_dir / "diffbench.log",
+                      cwd=REPO_ROOT)
+        usage = child.wait(timeout=1800)
+        variant = Variant(label="dispatcher.diff.diff", tool="s3ferry")
+        record = _record("W5-synthetic", variant, rep)
+        if usage.exit_code == 0:
+            details = json.loads(out.read_text())
+            record.update(ok=True, details=details, wall_seconds=usage.wall_seconds,
+                          cpu_seconds=usage.cpu_seconds, peak_rss=usage.max_rss,
+                          keys_per_second=details["keys_per_second"]["diff_cpu"])
+        else:
+            record["error"] = f"diffbench exited {usage.exit_code}: {child.tail()}"
+        self._say_run(record)
+        return record
+
+    def _say_run(self, r: dict[str, Any]) -> None:
+        if not r["ok"]:
+            self.log(f"  {r['workload']:<12} {r['variant']:<40} rep {r['rep']}: FAILED "
+                     f"{r['error'][:400]}")
+            return
+        self.log(f"  {r['workload']:<12} {r['variant']:<40} rep {r['rep']}: "
+                 f"{r['wall_seconds']:7.2f} s wall, {r['cpu_seconds']:7.2f} CPU s, "
+                 f"peak RSS {r['peak_rss'] / MIB:6.0f} MiB")
+
+
+def _record(wid: str, variant: Variant, rep: int) -> dict[str, Any]:
+    return {"workload": wid, "variant": variant.label, "tool": variant.tool, "rep": rep,
+            "workers": variant.workers, "flags": list(variant.flags), "ok": False, "error": ""}
+
+
+def _metrics(result: RunResult, nbytes: int, objects: int) -> dict[str, Any]:
+    wall = result.wall_seconds
+    return {"wall_seconds": wall, "cpu_seconds": result.cpu_seconds,
+            "peak_rss": result.peak_rss, "bytes": nbytes, "objects": objects,
+            "mib_per_second": nbytes / MIB / wall, "objects_per_second": objects / wall,
+            "cpu_seconds_per_gib": result.cpu_seconds / (nbytes / GIB) if nbytes else None,
+            "processes": result.processes, "details": result.details}
+
+
+def _check_dry_run(result: RunResult, expected: int) -> None:
+    summary = result.details.get("backfill", {})
+    listed = summary.get("listed", {}).get("source")
+    would = summary.get("would_enqueue", {}).get("jobs", {}).get("copy")
+    if listed != expected or would != expected:
+        raise VerifyError(f"backfill --dry-run listed {listed} and would copy {would}, "
+                          f"expected {expected}: {summary}")
+
+
+# -- the whole bench -----------------------------------------------------------------------
+
+def _rotate(items: Sequence[Variant], by: int) -> list[Variant]:
+    k = by % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
+def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
+              workdir: Path, log: Log = _say, stem: str | None = None) -> dict[str, Any]:
+    """Seed, run every repetition, profile, and write the report; return it."""
+    started = datetime.now(UTC)
+    env_start = os.getloadavg()
+    tools = Tools(servers, workdir, plan.worker_env)
+    runner = Runner(tools, plan, workdir, log)
+    try:
+        seeding = runner.seed_all()
+        runs = _JsonLines(workdir / "runs.jsonl")  # kept as they finish: a crash loses none
+        for rep in range(plan.reps):
+            log(f"repetition {rep + 1}/{plan.reps}")
+            for wl in plan.workloads:
+                runs += [runner.copy(wl, v, rep) for v in _rotate(wl.variants, rep)]
+            if plan.diff is not None:
+                runs.append(runner.diff_synthetic(plan.diff, rep))
+                runs += [runner.diff_real(plan.diff, v, rep)
+                         for v in _rotate(plan.diff.variants, rep)]
+        profiles = {wid: _profile(runner, wid) for wid in plan.profile}
+    finally:
+        tools.close()
+    return build_report(plan, list(runs), started=started, env_start=env_start,
+                        seeding=seeding, profiles=profiles, out_dir=out_dir, stem=stem)
+
+
+def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
+                 env_start: tuple[float, float, float], seeding: dict[str, float],
+                 profiles: dict[str, Any], out_dir: Path, stem: str | None) -> dict[str, Any]:
+    summary = reporting.summarize(runs)
+    diff = reporting.synthetic_diff(runs)
+    report: dict[str, Any] = {
+        "plan": plan.name, "reps": plan.reps, "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": _environment(env_start), "settings": _settings(plan),
+        "seeding_seconds": seeding,
+        "workloads": [_describe(w) for w in plan.workloads],
+        "summary": summary, "diff": diff,
+        "targets": [t.as_dict() for t in reporting.targets(summary, diff)],
+        "profiles": profiles, "runs": runs,
+    }
+    stem = stem or started.strftime("%Y-%m-%dT%H%M%SZ")
+    report["files"] = {k: str(v) for k, v in reporting.write(report, out_dir, stem).items()}
+    return report
+
+
+def render(runs_path: Path, plan: Plan, out_dir: Path) -> dict[str, Any]:
+    """Report the runs an interrupted bench kept in its ``runs.jsonl`` (no profiles)."""
+    runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
+    reps = max((r["rep"] for r in runs), default=-1) + 1
+    plan = dataclasses.replace(plan, reps=reps)
+    started = datetime.fromtimestamp(runs_path.stat().st_ctime, UTC)
+    profiles = {}
+    for raw in sorted(runs_path.parent.glob("profile-*.txt")):
+        wid = raw.stem.removeprefix("profile-")
+        profiles[wid] = {"raw": str(raw), "top": reporting.top_self(raw.read_text()),
+                         "samples": sum(int(x.rpartition(" ")[2]) for x in
+                                        raw.read_text().splitlines()
+                                        if x.rpartition(" ")[2].isdigit())}
+    return build_report(plan, [r for r in runs if r["rep"] >= 0], started=started,
+                        env_start=os.getloadavg(), seeding={}, profiles=profiles,
+                        out_dir=out_dir, stem=None)
+
+
+class _JsonLines(list[dict[str, Any]]):
+    """A list of run records that also appends each record to a JSON-lines file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, item: dict[str, Any]) -> None:
+        super().append(item)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(item, default=str) + "\n")
+
+    def __iadd__(self, items: Any) -> _JsonLines:
+        for item in items:
+            self.append(item)
+        return self
+
+
+def _profile(runner: Runner, wid: str) -> dict[str, Any]:
+    """One more s3ferry run of ``wid`` with py-spy on its worker (not counted in timings)."""
+    wl = next((w for w in runner.plan.workloads if w.id == wid), None)
+    if wl is None:
+        return {"error": f"no workload {wid}"}
+    raw = runner.workdir / f"profile-{wid}.txt"
+    variant = next(v for v in wl.variants if v.tool == "s3ferry")
+    record = runner.copy(wl, variant, rep=-1, profile=raw)
+    try:
+        text = raw.read_text()
+    except OSError as exc:
+        return {"error": f"py-spy wrote nothing ({exc}); run ok={record['ok']}"}
+    top = reporting.top_self(text)
+    return {"raw": str(raw), "samples": sum(int(line.rpartition(" ")[2] or 0)
+                                            for line in text.splitlines()
+                                            if line.rpartition(" ")[2].isdigit()),
+            "top": top, "wall_seconds_profiled": record.get("wall_seconds")}
+
+
+def _describe(wl: Workload) -> dict[str, Any]:
+    return {"id": wl.id, "title": wl.title, "objects": dataclasses.asdict(wl.objects),
+            "destination": wl.destination, "baseline": wl.baseline,
+            "variants": [dataclasses.asdict(v) for v in wl.variants]}
+
+
+def _settings(plan: Plan) -> dict[str, Any]:
+    return {"s3ferry_worker_env": plan.worker_env,
+            "diff": None if plan.diff is None else {
+                "synthetic_keys": plan.diff.synthetic_keys,
+                "real": dataclasses.asdict(plan.diff.real),
+                "variants": [dataclasses.asdict(v) for v in plan.diff.variants]}}
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else out.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+
+
+def _environment(load_start: tuple[float, float, float]) -> dict[str, Any]:
+    binaries = Path(sys.executable).parent
+    rev = _version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _version(["git", "-C", str(REPO_ROOT), "status", "--porcelain"])
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "git": rev + ("+dirty" if dirty else ""),
+            "rclone": _version([str(binaries / "rclone"), "version"]),
+            "s5cmd": _version([str(binaries / "s5cmd"), "version"]),
+            "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+# -- command line --------------------------------------------------------------------------
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    plan = smoke_plan() if args.smoke else full_plan()
+    if args.reps:
+        plan = dataclasses.replace(plan, reps=args.reps)
+    if args.only:
+        wanted = set(args.only.split(","))
+        plan = dataclasses.replace(
+            plan, workloads=tuple(w for w in plan.workloads if w.id in wanted),
+            diff=plan.diff if "W5" in wanted else None,
+            profile=tuple(p for p in plan.profile if p in wanted))
+    if args.profile is not None:
+        ids = tuple(i for i in args.profile.split(",") if i and i != "none")
+        plan = dataclasses.replace(plan, profile=ids)
+    return plan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny workloads, one repetition")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3; smoke 1)")
+    parser.add_argument("--only", help="comma-separated workload ids: W1,W2,W3,W4a,W4b,W5,W6")
+    parser.add_argument("--profile", metavar="IDS",
+                        help="workloads whose s3ferry worker is profiled with py-spy in one "
+                             "extra run (default: W1,W2,W3; smoke: none; 'none' to skip)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--workdir", type=Path, help="scratch (default: a temporary directory)")
+    parser.add_argument("--render", type=Path, metavar="RUNS_JSONL",
+                        help="only write the report of the runs kept in a workdir's runs.jsonl")
+    args = parser.parse_args(argv)
+    plan = build_plan(args)
+    if args.render:
+        result = render(args.render, plan, args.out)
+        print(Path(result["files"]["markdown"]).read_text())
+        return 0
+    with tempfile.TemporaryDirectory(prefix="s3ferry-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with LocalBed(workdir / "bed", partitions=("global", "china"), rclone=False) as bed:
+            _say(f"local partitions up in {bed.startup_seconds:.1f} s; workdir {workdir}")
+            try:
+                result = run_bench(bed.servers, plan, out_dir=args.out, workdir=workdir)
+            except Exception:
+                traceback.print_exc()
+                return 1
+    print(Path(result["files"]["markdown"]).read_text())
+    for kind, path in result["files"].items():
+        _say(f"{kind}: {path}")
+    failed = [r for r in result["runs"] if not r["ok"]]
+    return 1 if failed else 0

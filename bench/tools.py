@@ -1,0 +1,288 @@
+"""Run one copier once, measured: s3ferry (backfill + workers), rclone or s5cmd.
+
+Every runner starts its processes, waits until the copy is complete, and returns wall time,
+the CPU seconds and peak RSS of the processes it started (never the emulators'), and what
+each process used. Verification is the caller's; a failed process raises :class:`RunFailed`.
+
+s3ferry's wall time runs from starting the workers and ``s3ferry backfill`` together (the
+backfill lists, diffs and enqueues while the workers already copy) until the queue holds no
+message, visible, in flight or delayed: every job acknowledged, i.e. copied and verified by
+the worker. Then the workers get SIGTERM, as a fleet would be scaled in, and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from bench.measure import Child, Usage
+from bench.workloads import Variant
+from s3ferry.localbed import REPO_ROOT, LocalServer
+
+DRAIN_POLL_SECONDS = 0.1
+RUN_TIMEOUT_SECONDS = 1800.0
+
+
+class RunFailed(RuntimeError):
+    """A copier exited non-zero, or did not finish: the run does not count."""
+
+
+@dataclass
+class RunResult:
+    wall_seconds: float
+    cpu_seconds: float  # every process the runner started
+    peak_rss: int  # max over the copying processes (s3ferry: the workers)
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Side:
+    endpoint: str
+    bucket: str
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+class Tools:
+    """The local servers, their clients, and each tool's configuration for them."""
+
+    def __init__(self, servers: Mapping[str, LocalServer], workdir: Path,
+                 worker_env: Mapping[str, str]) -> None:
+        self.servers = dict(servers)
+        self.workdir = workdir
+        self.worker_env = dict(worker_env)
+        self.s3 = {name: boto3.client("s3", config=s.boto_config(max_pool_connections=64),
+                                      **s.client_kwargs()) for name, s in servers.items()}
+        queue = self.servers["global"]
+        self.sqs = boto3.client("sqs", config=queue.boto_config(), **queue.client_kwargs())
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.rclone_conf = workdir / "rclone.conf"
+        self.rclone_conf.write_text(rclone_config(self.servers))
+
+    def close(self) -> None:
+        for client in (*self.s3.values(), self.sqs):
+            client.close()
+
+    # -- s3ferry ---------------------------------------------------------------------------
+
+    def s3ferry_config(self, run_dir: Path, src: Side, dst: Side) -> Path:
+        tables = [s.endpoint_toml() for s in self.servers.values()]
+        tables.append(self.servers["global"].endpoint_toml("queue"))
+        tables.append(
+            "[routes.bench]\n"
+            f'source = {{ endpoint = "{src.endpoint}", bucket = "{src.bucket}" }}\n'
+            f'destinations = [{{ endpoint = "{dst.endpoint}", bucket = "{dst.bucket}" }}]\n')
+        path = run_dir / "s3ferry.toml"
+        path.write_text("\n".join(tables))
+        return path
+
+    def new_queues(self) -> tuple[str, str]:
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        dlq = self.sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        queue = self.sqs.create_queue(QueueName=name,
+                                      Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
+        return queue, dlq
+
+    def drop_queues(self, *urls: str) -> None:
+        for url in urls:
+            self.sqs.delete_queue(QueueUrl=url)
+
+    def queue_depth(self, url: str) -> int:
+        attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return sum(int(v) for v in attrs.values())
+
+    def s3ferry_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("S3FERRY_")}
+        env.update(self.worker_env)
+        return env
+
+    def run_s3ferry(self, variant: Variant, src: Side, dst: Side, run_dir: Path, *,
+                    profile: Path | None = None) -> RunResult:
+        config = self.s3ferry_config(run_dir, src, dst)
+        queue, dlq = self.new_queues()
+        env = self.s3ferry_env()
+        try:
+            began = time.perf_counter()
+            workers = [Child(f"worker{i}", worker_argv(config, queue, dlq, run_dir, i),
+                             env=env, log=run_dir / f"worker{i}.log", cwd=REPO_ROOT)
+                       for i in range(variant.workers)]
+            spy = _py_spy(workers[0].pid, profile, run_dir) if profile else None
+            producers = enqueue(config, queue, run_dir, env, variant.flags)
+            try:
+                _wait_for_producers(producers, workers)
+                wall = self._wait_drained(queue, workers) - began
+            finally:
+                for w in workers:
+                    w.terminate()
+                usages = [w.wait(timeout=120) for w in workers]
+            if spy is not None:
+                spy.wait(timeout=120)
+            _check_exits([*producers, *workers])
+            dead = self.queue_depth(dlq)
+            if dead:
+                raise RunFailed(f"{dead} jobs in the dead-letter queue\n{workers[0].tail()}")
+        finally:
+            self.drop_queues(queue, dlq)
+        return _result(wall, producers, workers, usages,
+                       details={"workers": [_summary(run_dir, i) for i in range(len(workers))],
+                                "backfill": _backfill_summary(producers)})
+
+    def _wait_drained(self, queue: str, workers: Sequence[Child]) -> float:
+        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+        while self.queue_depth(queue):
+            for w in workers:
+                if w.poll() is not None:
+                    raise RunFailed(f"{w.name} exited early with {w.usage}\n{w.tail()}")
+            if time.monotonic() > deadline:
+                raise RunFailed(f"queue not drained after {RUN_TIMEOUT_SECONDS} s")
+            time.sleep(DRAIN_POLL_SECONDS)
+        return time.perf_counter()
+
+    def run_backfill_dry(self, variant: Variant, src: Side, dst: Side,
+                         run_dir: Path) -> RunResult:
+        """W5 real keys: list both sides and diff, enqueue nothing."""
+        config = self.s3ferry_config(run_dir, src, dst)
+        child = Child("backfill", backfill_argv(config, None, (*variant.flags, "--dry-run")),
+                      env=self.s3ferry_env(), log=run_dir / "backfill.log",
+                      stdout=run_dir / "backfill.json", cwd=REPO_ROOT)
+        usage = child.wait(timeout=RUN_TIMEOUT_SECONDS)
+        _check_exits([child])
+        summary = _backfill_summary([child])
+        return RunResult(wall_seconds=usage.wall_seconds, cpu_seconds=usage.cpu_seconds,
+                         peak_rss=usage.max_rss, processes={"backfill": usage.as_dict()},
+                         details={"backfill": summary})
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def run_rclone(self, variant: Variant, src: Side, dst: Side, run_dir: Path) -> RunResult:
+        argv = [_bin("rclone"), "copy", f"{src.endpoint}:{src.bucket}",
+                f"{dst.endpoint}:{dst.bucket}", "--config", str(self.rclone_conf),
+                *variant.flags]
+        return self._single("rclone", argv, dict(os.environ), run_dir)
+
+    def run_s5cmd(self, variant: Variant, src: Side, dst: Side, run_dir: Path) -> RunResult:
+        if src.endpoint != dst.endpoint:
+            raise ValueError("s5cmd copies within one endpoint only")
+        server = self.servers[src.endpoint]
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=server.access_key,
+                   AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_REGION=server.region)
+        argv = [_bin("s5cmd"), "--endpoint-url", server.endpoint_url, *variant.flags,
+                "cp", f"s3://{src.bucket}/*", f"s3://{dst.bucket}/"]
+        return self._single("s5cmd", argv, env, run_dir)
+
+    def _single(self, name: str, argv: list[str], env: dict[str, str],
+                run_dir: Path) -> RunResult:
+        (run_dir / "argv.json").write_text(json.dumps(argv))
+        child = Child(name, argv, env=env, log=run_dir / f"{name}.log")
+        usage = child.wait(timeout=RUN_TIMEOUT_SECONDS)
+        _check_exits([child])
+        return RunResult(wall_seconds=usage.wall_seconds, cpu_seconds=usage.cpu_seconds,
+                         peak_rss=usage.max_rss, processes={name: usage.as_dict()})
+
+
+# -- how s3ferry's jobs get onto the queue -------------------------------------------------
+
+def enqueue(config: Path, queue: str, run_dir: Path, env: Mapping[str, str],
+            flags: Sequence[str] = ()) -> list[Child]:
+    """Start what lists the source and enqueues copy jobs: ``s3ferry backfill``.
+
+    The one place to change if jobs should be produced another way; the processes returned
+    are timed and accounted as part of s3ferry.
+    """
+    return [Child("backfill", backfill_argv(config, queue, flags), env=env,
+                  log=run_dir / "backfill.log", stdout=run_dir / "backfill.json",
+                  cwd=REPO_ROOT)]
+
+
+def backfill_argv(config: Path, queue: str | None, flags: Sequence[str]) -> list[str]:
+    argv = [sys.executable, "-m", "s3ferry", "backfill", "--config", str(config),
+            "--progress-seconds", "3600", *flags]
+    return [*argv, "--queue-url", queue] if queue else argv
+
+
+def worker_argv(config: Path, queue: str, dlq: str, run_dir: Path, index: int) -> list[str]:
+    return [sys.executable, "-m", "worker", "--config", str(config), "--queue-url", queue,
+            "--dlq-url", dlq, "--no-metrics",
+            "--summary-json", str(run_dir / f"worker{index}.summary.json")]
+
+
+def _wait_for_producers(producers: Sequence[Child], workers: Sequence[Child]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while any(p.poll() is None for p in producers):
+        for w in workers:
+            if w.poll() is not None:
+                raise RunFailed(f"{w.name} exited early with {w.usage}\n{w.tail()}")
+        if time.monotonic() > deadline:
+            raise RunFailed("backfill did not finish in time")
+        time.sleep(0.05)
+    _check_exits(producers)
+
+
+def _check_exits(children: Sequence[Child]) -> None:
+    for child in children:
+        usage = child.poll()
+        if usage is None or usage.exit_code != 0:
+            raise RunFailed(f"{child.name} ended with {usage}\n{child.tail()}")
+
+
+def _result(wall: float, producers: Sequence[Child], workers: Sequence[Child],
+            usages: Sequence[Usage], details: dict[str, Any]) -> RunResult:
+    everyone = [*producers, *workers]
+    processes = {c.name: c.usage.as_dict() for c in everyone if c.usage is not None}
+    cpu = sum(c.usage.cpu_seconds for c in everyone if c.usage is not None)
+    return RunResult(wall_seconds=wall, cpu_seconds=cpu,
+                     peak_rss=max(u.max_rss for u in usages), processes=processes,
+                     details=details)
+
+
+def _summary(run_dir: Path, index: int) -> dict[str, Any]:
+    path = run_dir / f"worker{index}.summary.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def _backfill_summary(producers: Sequence[Child]) -> dict[str, Any]:
+    """The JSON summary ``s3ferry backfill`` prints on stdout."""
+    for child in producers:
+        try:
+            data: dict[str, Any] = json.loads((child.stdout or child.log).read_text())
+        except (OSError, ValueError):
+            continue
+        data.pop("sample", None)
+        return data
+    return {}
+
+
+def _py_spy(pid: int, profile: Path, run_dir: Path) -> Child:
+    argv = [_bin("py-spy"), "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+            "--nonblocking", "--output", str(profile)]
+    return Child("py-spy", argv, env=dict(os.environ), log=run_dir / "py-spy.log")
+
+
+def rclone_config(servers: Mapping[str, LocalServer]) -> str:
+    """One rclone S3 remote per endpoint, named like s3ferry's endpoints."""
+    blocks = []
+    for name, s in servers.items():
+        blocks.append("\n".join([
+            f"[{name}]", "type = s3", "provider = Other", "env_auth = false",
+            f"access_key_id = {s.access_key}", f"secret_access_key = {s.secret_key}",
+            f"endpoint = {s.endpoint_url}", f"region = {s.region}",
+            "force_path_style = true", "no_check_bucket = true", ""]))
+    return "\n".join(blocks)
