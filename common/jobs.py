@@ -69,6 +69,9 @@ class CopyOptions(BaseModel):
     preserve_tags: bool = True
     preserve_metadata: bool = True
     sequencer: str | None = None
+    # The dispatcher's listing saw no destination object: a first attempt need not HEAD it
+    # (a redelivery always does, so a retried copy is still skipped when already done).
+    destination_absent: bool = False
 
 
 class CopyJob(BaseModel):

@@ -235,7 +235,8 @@ class Consumer:
         final = lease.receive_count >= self._settings.max_attempts
         try:
             if isinstance(job, CopyJob):
-                result = await self._replicator.copy(job, final_attempt=final)
+                result = await self._replicator.copy(
+                    job, final_attempt=final, first_attempt=lease.receive_count == 1)
             else:
                 result = await self._replicator.delete(job)
         except SourceVanished as exc:

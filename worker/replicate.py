@@ -97,7 +97,8 @@ class Replicator:
         return S3Source(client, bucket=job.source.bucket, key=job.source.key,
                         version_id=job.source.version_id)
 
-    async def copy(self, job: CopyJob, *, final_attempt: bool) -> JobResult:
+    async def copy(self, job: CopyJob, *, final_attempt: bool,
+                   first_attempt: bool = False) -> JobResult:
         started = time.monotonic()
         src_ep = self._clients.endpoint(job.source.endpoint)  # unknown names fail first
         dst_ep = self._clients.endpoint(job.destination.endpoint)
@@ -112,8 +113,10 @@ class Replicator:
                  and job.source.size is not None
                  and job.source.size <= self._limits.multipart_threshold)
         if small:
+            trust_absent = first_attempt and job.options.destination_absent
             with contextlib.suppress(SourceChanged):  # changed since listed: the long way
-                return await self._copy_small(job, source, dest, with_tags, started)
+                return await self._copy_small(job, source, dest, with_tags, started,
+                                              trust_absent=trust_absent)
         src = await self._transfer.call("HeadObject", "source", source.head)
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
         if skipped := self._skip(job, src, head):
@@ -129,19 +132,21 @@ class Replicator:
         return await self._finish(dest, src, written, the_plan.strategy.value, started)
 
     async def _copy_small(self, job: CopyJob, source: ByteSource, dest: Destination,
-                          with_tags: bool, started: float) -> JobResult:
-        """GET the whole object (pinned to the listed ETag) while HEADing the destination."""
+                          with_tags: bool, started: float, *, trust_absent: bool) -> JobResult:
+        """GET the whole object (pinned to the listed ETag) while HEADing the destination,
+        or without the HEAD on a first attempt at a destination the listing saw missing."""
         assert job.source.etag is not None
         async with self._transfer.slot():
             try:
                 async with asyncio.TaskGroup() as group:
                     fetched = group.create_task(self._transfer.call(
                         "GetObject", "source", partial(source.fetch, etag=job.source.etag)))
-                    headed = group.create_task(
+                    headed = None if trust_absent else group.create_task(
                         self._head_destination(dest.client, dest.bucket, dest.key))
             except BaseExceptionGroup as errors:
                 raise most_significant(errors) from None
-            (src, data), head = fetched.result(), headed.result()
+            (src, data) = fetched.result()
+            head = headed.result() if headed is not None else None
             if skipped := self._skip(job, src, head):
                 return skipped
             tags = await self._tags(source, src) if with_tags else None

@@ -156,7 +156,9 @@ class S3Source:
                 data: bytes = await body.read()
         except Exception as exc:
             raise classify(exc, operation="GetObject", context="source") from exc
-        return source_object_from_head(response), data
+        # A GET states x-amz-tagging-count only when the object has tags.
+        return replace(source_object_from_head(response),
+                       tag_count=int(response.get("TagCount") or 0)), data
 
     async def tags(self) -> dict[str, str]:
         try:

@@ -284,3 +284,31 @@ async def test_composite_checksum_sources_are_verified_against_the_source(
     assert summary.strategies == {"stream_multipart": 1, "stream_put": 1}
     for key in ("three.bin", "small-two.bin"):
         assert_same_object(g, src, s3_clients["china"], dst, key)
+
+
+async def test_destination_seen_absent_skips_the_head_only_on_the_first_attempt(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    g = s3_clients["global"]
+    for i in range(3):
+        seed(g, src, f"new-{i}.txt", 10, Tagging="")
+    jobs = [listed_job(g, "global", src, f"new-{i}.txt", "china", dst, destination_absent=True)
+            for i in range(3)]
+    send(sqs_global, queues, jobs)
+    metrics = WorkerMetrics()
+
+    first = await run_until_idle(config_path, queues, metrics=metrics)
+
+    requests = metrics.s3_requests
+    assert first.results == {"copied": 3}
+    assert requests.labels("HeadObject", "destination")._value.get() == 0
+    assert requests.labels("GetObjectTagging", "source")._value.get() == 0  # GET said none
+    for i in range(3):
+        assert_same_object(g, src, s3_clients["china"], dst, f"new-{i}.txt")
+
+    send(sqs_global, queues, jobs)  # a second delivery is a new message, first receive
+    again = await run_until_idle(config_path, queues)
+    assert again.results == {"copied": 3}  # overwritten with identical bytes, never lost
+    for i in range(3):
+        assert_same_object(g, src, s3_clients["china"], dst, f"new-{i}.txt")
