@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
 from common.limits import MIB
+from common.routes import Route, routes_from_toml
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -136,12 +137,27 @@ class Settings(BaseSettings):
     log_level: str = "info"
     worker: WorkerSettings = WorkerSettings()
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    routes: dict[str, Route] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _name_endpoints(self) -> Settings:
         for name, ep in list(self.endpoints.items()):
             if ep.name != name:
                 self.endpoints[name] = ep.model_copy(update={"name": name})
+        return self
+
+    @model_validator(mode="after")
+    def _routes_use_known_endpoints(self) -> Settings:
+        for name, route in list(self.routes.items()):
+            if route.name != name:
+                route = self.routes[name] = route.model_copy(update={"name": name})
+            sides = [("source", route.source.endpoint)] + [
+                (f"destinations.{i}", d.endpoint) for i, d in enumerate(route.destinations)]
+            for where, endpoint in sides:
+                if endpoint not in self.endpoints:
+                    known = ", ".join(sorted(self.endpoints)) or "none"
+                    raise ValueError(f"routes.{name}.{where}.endpoint: unknown endpoint "
+                                     f"{endpoint!r} (configured: {known})")
         return self
 
     def endpoint(self, name: str) -> Endpoint:
@@ -170,7 +186,8 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         if path is None:
             return env_only
         data = _read_toml(path)
-        file_values: dict[str, Any] = {"endpoints": data.get("endpoints", {})}
+        file_values: dict[str, Any] = {"endpoints": data.get("endpoints", {}),
+                                       "routes": routes_from_toml(data.get("routes", {}))}
         if "worker" in data:
             file_values["worker"] = data["worker"]
         file_values.update(data.get("s3ferry", {}))
@@ -187,5 +204,5 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        lines.append(f"{where}: {err['msg']}")
+        lines.append(f"{where}: {err['msg']}" if where else err["msg"])
     return "invalid configuration: " + "; ".join(lines)

@@ -16,6 +16,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("worker", help="consume copy jobs from SQS and copy objects",
                    add_help=False)
+    sub.add_parser("backfill", help="diff sources and destinations, enqueue what is missing",
+                   add_help=False)
+    sub.add_parser("events", help="turn S3 event notifications into copy and delete jobs",
+                   add_help=False)
+    sub.add_parser("status", help="queue depth, jobs in flight, dead letters", add_help=False)
     sub.add_parser("demo", help="run the end-to-end demo on local partitions", add_help=False)
     if not argv or argv[0] in {"-h", "--help"}:
         parser.print_help()
@@ -24,6 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "worker":
         from worker.main import main as worker_main
         return worker_main(rest)
+    if command == "backfill":
+        from dispatcher.cli import backfill_main
+        return backfill_main(rest)
+    if command == "events":
+        from dispatcher.cli import events_main
+        return events_main(rest)
+    if command == "status":
+        from dispatcher.cli import status_main
+        return status_main(rest)
     if command == "demo":
         from s3ferry.demo import main as demo_main
         return demo_main(rest)

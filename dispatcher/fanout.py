@@ -1,0 +1,45 @@
+"""From a source object (or a vanished one) to the jobs for each destination of its route.
+
+Every destination gets its own job, so each is retried, dead-lettered and counted on its own.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from common.jobs import CopyJob, CopyOptions, DeleteJob, DestinationRef, SourceRef
+from common.routes import DestinationSpec, Route
+
+
+class Unmappable(ValueError):
+    """The destination key is not a valid S3 key (e.g. longer than 1,024 bytes)."""
+
+
+def _destination(dest: DestinationSpec, key: str) -> DestinationRef:
+    try:
+        return DestinationRef(endpoint=dest.endpoint, bucket=dest.bucket, key=key,
+                              storage_class=dest.storage_class, kms_key_id=dest.kms_key_id)
+    except ValidationError as exc:
+        raise Unmappable(f"{dest.label}: {exc.errors()[0]['msg']}") from exc
+
+
+def copy_job(route: Route, dest: DestinationSpec, *, relative_key: str, size: int | None,
+             etag: str | None, version_id: str | None = None,
+             sequencer: str | None = None) -> CopyJob:
+    """One copy of ``<source.prefix><relative_key>`` to ``<dest.prefix><relative_key>``."""
+    source = SourceRef(endpoint=route.source.endpoint, bucket=route.source.bucket,
+                       key=route.source.prefix + relative_key, version_id=version_id,
+                       size=size, etag=etag or None)
+    return CopyJob(route=route.name or "default", source=source,
+                   destination=_destination(dest, dest.prefix + relative_key),
+                   options=CopyOptions(sequencer=sequencer))
+
+
+def delete_job(route: Route, dest: DestinationSpec, *, relative_key: str,
+               sequencer: str | None = None) -> DeleteJob:
+    """Delete ``<dest.prefix><relative_key>``: by construction never outside the prefix."""
+    if not relative_key:
+        raise Unmappable("refusing to delete the destination prefix itself")
+    return DeleteJob(route=route.name or "default",
+                     destination=_destination(dest, dest.prefix + relative_key),
+                     sequencer=sequencer)

@@ -1,0 +1,196 @@
+"""Backfill end to end: dispatcher -> SQS -> worker, fan-out to two endpoints, re-runs idle,
+``--delete`` stays inside the destination prefix."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.settings import Settings, load_settings
+from dispatcher.backfill import BackfillOptions
+from dispatcher.cli import run_backfill
+from dispatcher.diff import Mode
+from tests.integration.harness import RCLONE_DROPS, assert_same_object, run_until_idle
+
+pytestmark = pytest.mark.timeout(300)
+
+AWKWARD = ["space name.txt", "plus+sign.txt", "percent%20.txt", "unicode/\u4e2d\u6587.txt",
+           "emoji/\U0001f600.bin", "deep/a/b/c/d.txt", "tilde~and=equals&amp.txt"]
+
+
+def with_routes(config_path: Path, tmp_path: Path, routes_toml: str) -> Path:
+    path = tmp_path / "s3ferry.toml"
+    path.write_text(config_path.read_text() + "\n" + routes_toml)
+    return path
+
+
+def settings_for(config: Path, queues: Any) -> Settings:
+    return load_settings(config, queue_url=queues.queue_url, dlq_url=queues.dlq_url)
+
+
+def put_many(client: Any, bucket: str, objects: dict[str, bytes], threads: int = 16) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]),
+                      objects.items()))
+
+
+def listing(client: Any, bucket: str, prefix: str = "") -> dict[str, int]:
+    out: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+def fanout_toml(src: str, china: str, rclone: str) -> str:
+    return f"""
+[routes.fan]
+source = {{ endpoint = "global", bucket = "{src}", prefix = "data/" }}
+exclude = ["*.tmp"]
+
+[[routes.fan.destinations]]
+endpoint = "china"
+bucket = "{china}"
+prefix = "mirror/data/"
+
+[[routes.fan.destinations]]
+endpoint = "rclone"
+bucket = "{rclone}"
+"""
+
+
+@pytest.mark.timeout(600)
+async def test_backfill_fans_out_to_two_endpoints_and_a_rerun_enqueues_nothing(
+        config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, china, rclone = make_bucket("global"), make_bucket("china"), make_bucket("rclone")
+    # Flat on purpose: rclone serve s3 lists keys spread over hundreds of directories very
+    # slowly once they were written through it (minutes for 300), which is not ours to test.
+    objects = {f"data/obj-{i:04d}.bin": os.urandom(i % 97) for i in range(150)}
+    objects |= {f"data/{k}": k.encode() for k in AWKWARD}
+    put_many(s3_clients["global"], src, objects
+             | {"other/outside.txt": b"x", "data/skip-me.tmp": b"tmp"})
+    config = with_routes(config_path, tmp_path, fanout_toml(src, china, rclone))
+    settings = settings_for(config, queues)
+    routes = list(settings.routes.values())
+
+    dry = await run_backfill(settings, routes, BackfillOptions(page_size=50), dry_run=True)
+    assert dry["would_enqueue"]["jobs"] == {"copy": 2 * len(objects)}
+    assert sqs_global.get_queue_attributes(
+        QueueUrl=queues.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+    first = await run_backfill(settings, routes, BackfillOptions(page_size=50))
+    assert first["enqueued"]["jobs"] == {"copy": 2 * len(objects)}
+    assert first["enqueued"]["bytes"] == 2 * sum(len(b) for b in objects.values())
+    summary = await run_until_idle(config, queues, max_jobs=16)
+    assert summary.results["copied"] == 2 * len(objects)
+
+    rel = {k.removeprefix("data/"): len(v) for k, v in objects.items()}
+    assert listing(s3_clients["china"], china) == {f"mirror/data/{k}": n for k, n in rel.items()}
+    assert listing(s3_clients["rclone"], rclone) == rel
+    for key in AWKWARD:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], china,
+                           f"data/{key}", f"mirror/data/{key}")
+        assert_same_object(s3_clients["global"], src, s3_clients["rclone"], rclone,
+                           f"data/{key}", key, drops=RCLONE_DROPS)
+
+    for mode in Mode.SIZE, Mode.CHECKSUM:
+        again = await run_backfill(settings, routes, BackfillOptions(mode=mode, shards=3))
+        assert again["enqueued"]["jobs"] == {}, (mode, again["decisions"])
+    assert again["decisions"] == {"skip:same_fingerprint": 2 * len(objects),
+                                  "skip:filtered": 2}
+
+
+async def test_changed_source_is_copied_again_in_checksum_mode_but_not_in_size_mode(
+        config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any]) -> None:
+    src, china, rclone = make_bucket("global"), make_bucket("china"), make_bucket("rclone")
+    put_many(s3_clients["global"], src, {"data/a.txt": b"aaaa", "data/b.txt": b"bbbb"})
+    config = with_routes(config_path, tmp_path, fanout_toml(src, china, rclone))
+    settings = settings_for(config, queues)
+    routes = list(settings.routes.values())
+    await run_backfill(settings, routes, BackfillOptions())
+    await run_until_idle(config, queues)
+    s3_clients["global"].put_object(Bucket=src, Key="data/a.txt", Body=b"AAAA")  # same size
+
+    size = await run_backfill(settings, routes, BackfillOptions(mode=Mode.SIZE), dry_run=True)
+    checksum = await run_backfill(settings, routes, BackfillOptions(mode=Mode.CHECKSUM))
+
+    assert size["would_enqueue"]["jobs"] == {}
+    assert checksum["enqueued"]["jobs"] == {"copy": 2}
+    assert {s["source"].rsplit("/", 1)[1] for s in checksum["sample"]} == {"a.txt"}
+    await run_until_idle(config, queues)
+    assert s3_clients["rclone"].get_object(Bucket=rclone, Key="a.txt")["Body"].read() == b"AAAA"
+
+
+async def test_delete_never_touches_keys_outside_the_destination_prefix_or_globs(
+        config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any]) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    put_many(s3_clients["global"], src, {"data/keep.txt": b"k"})
+    outside = ["mirror", "mirrorx/a.txt", "other/b.txt", "mirro/c.txt", "mirror/data",
+               "mirror/data.txt"]
+    inside_extra = ["mirror/data/gone.txt", "mirror/data/deep/gone too.txt"]
+    protected = ["mirror/data/scratch.tmp"]  # excluded by the route's glob: not ours to delete
+    put_many(s3_clients["china"], dst, {k: b"z" for k in outside + inside_extra + protected})
+    config = with_routes(config_path, tmp_path, f"""
+[routes.del]
+source = {{ endpoint = "global", bucket = "{src}", prefix = "data/" }}
+exclude = ["*.tmp"]
+sync_deletes = true
+destinations = [{{ endpoint = "china", bucket = "{dst}", prefix = "mirror/data/" }}]
+""")
+    settings = settings_for(config, queues)
+    routes = list(settings.routes.values())
+
+    without = await run_backfill(settings, routes, BackfillOptions(), dry_run=True)
+    assert without["would_enqueue"]["jobs"] == {"copy": 1}
+    assert without["decisions"]["skip:delete_disabled"] == 3
+
+    result = await run_backfill(settings, routes, BackfillOptions(delete=True, shards=2))
+    assert result["enqueued"]["jobs"] == {"copy": 1, "delete": 2}
+    assert result["decisions"]["skip:out_of_scope"] == 1
+    await run_until_idle(config, queues)
+
+    assert sorted(listing(s3_clients["china"], dst)) == sorted(
+        [*outside, *protected, "mirror/data/keep.txt"])
+
+
+@pytest.mark.skipif(not os.environ.get("S3FERRY_BIG_BACKFILL"),
+                    reason="10,000-object end-to-end backfill: set S3FERRY_BIG_BACKFILL=1")
+@pytest.mark.timeout(1200)
+async def test_backfill_of_ten_thousand_objects_end_to_end(
+        config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any]) -> None:
+    n = 10_050
+    src, dst = make_bucket("global"), make_bucket("china")
+    started = time.monotonic()
+    put_many(s3_clients["global"], src, {f"big/{i % 37:02d}/{i:06d}": b"%d" % i
+                                         for i in range(n)}, threads=32)
+    seeded = time.monotonic()
+    config = with_routes(config_path, tmp_path, f"""
+[routes.big]
+source = {{ endpoint = "global", bucket = "{src}", prefix = "big/" }}
+destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
+""")
+    settings = settings_for(config, queues)
+    routes = list(settings.routes.values())
+
+    result = await run_backfill(settings, routes, BackfillOptions(shards=4))
+    enqueued = time.monotonic()
+    summary = await run_until_idle(config, queues, max_jobs=32)
+    copied = time.monotonic()
+    again = await run_backfill(settings, routes, BackfillOptions())
+
+    print(f"seed {seeded - started:.1f}s, backfill {enqueued - seeded:.1f}s, "
+          f"worker {copied - enqueued:.1f}s, re-run {again['seconds']:.1f}s")
+    assert result["enqueued"]["jobs"] == {"copy": n}
+    assert summary.results["copied"] == n
+    assert len(listing(s3_clients["china"], dst)) == n
+    assert again["enqueued"]["jobs"] == {}
