@@ -173,8 +173,9 @@ class Backfill:
             if decision.action is Action.COPY:
                 src = decision.source
                 assert src is not None
-                await self._sink.put(copy_job(route, dest, relative_key=src.key, size=src.size,
-                                              etag=src.etag))
+                await self._sink.put(copy_job(
+                    route, dest, relative_key=src.key, size=src.size, etag=src.etag,
+                    destination_absent=decision.reason == "missing"))
             elif decision.action is Action.DELETE:
                 await self._sink.put(delete_job(route, dest, relative_key=decision.key))
         except Unmappable as exc:

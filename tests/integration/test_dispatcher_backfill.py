@@ -162,8 +162,7 @@ destinations = [{{ endpoint = "china", bucket = "{dst}", prefix = "mirror/data/"
         [*outside, *protected, "mirror/data/keep.txt"])
 
 
-@pytest.mark.skipif(not os.environ.get("S3FERRY_BIG_BACKFILL"),
-                    reason="10,000-object end-to-end backfill: set S3FERRY_BIG_BACKFILL=1")
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 async def test_backfill_of_ten_thousand_objects_end_to_end(
         config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
