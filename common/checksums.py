@@ -36,7 +36,7 @@ class PartChecksum:
     length: int
 
 
-def compute(algorithm: str, data: bytes | memoryview) -> PartChecksum:
+def compute(algorithm: str, data: bytes | bytearray | memoryview) -> PartChecksum:
     fn, _, _ = _ALGORITHMS[algorithm]
     return PartChecksum(fn(data), len(data))
 

@@ -58,23 +58,33 @@ def classify(exc: BaseException, *, operation: str,
     code = error_code(exc)
     where = f"{operation}{' on ' + context if context else ''}"
     text = f"{where}: {code}: {exc}"
+    return _by_code(exc, code, text, context) or _by_kind(exc, code, text)
+
+
+def _by_code(exc: BaseException, code: str, text: str,
+             context: str) -> errors.FerryError | None:
+    """Errors S3 names: what each code means for the job."""
     if code in _EXPIRED_CODES or type(exc).__name__ in {"NoCredentialsError",
                                                         "PartialCredentialsError"}:
         return errors.ExpiredCredentials(text, reason=f"credentials:{code}")
-    if code in _CHANGED_CODES:
-        return errors.SourceChanged(text)
-    if code == "InvalidObjectState":
-        return errors.SourceArchived(text)
-    if code == "NoSuchBucket":
-        return errors.NoSuchBucket(text)
-    if code in _DENIED_CODES:
-        return errors.AccessDenied(text)
     if code in _VANISHED_CODES and context == "source":
         return errors.SourceVanished(text)
+    simple: dict[str, type[errors.FerryError]] = {
+        "InvalidObjectState": errors.SourceArchived, "NoSuchBucket": errors.NoSuchBucket}
+    simple.update(dict.fromkeys(_CHANGED_CODES, errors.SourceChanged))
+    simple.update(dict.fromkeys(_DENIED_CODES, errors.AccessDenied))
+    kind = simple.get(code)
+    return kind(text) if kind is not None else None
+
+
+def _by_kind(exc: BaseException, code: str, text: str) -> errors.FerryError:
+    """Everything else: transient, a server error, a bug of ours, or permanent."""
     if code in _TRANSIENT_CODES or _is_network_error(exc):
         return errors.RetryNow(text, reason=_retry_reason(code))
     if code.isdigit() and code.startswith("5"):
         return errors.RetryNow(text, reason="http_5xx")
+    if not isinstance(getattr(exc, "response", None), dict):  # not an answer from S3
+        return errors.GiveUp(text, reason=f"internal:{code}")
     return errors.GiveUp(text, reason=f"s3:{code}")
 
 

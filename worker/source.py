@@ -8,6 +8,7 @@ code only sees this protocol; server-side copies additionally ask ``copy_source`
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -72,6 +73,66 @@ def source_object_from_head(head: Mapping[str, Any]) -> SourceObject:
     )
 
 
+READ_CHUNK = 1024 * 1024
+
+
+async def read_exactly(body: Any, length: int) -> bytearray:
+    """Read a response body into one buffer of its announced length.
+
+    One allocation per part: reading everything and joining the pieces, as a plain
+    ``read()`` does, briefly holds every part twice. A short body comes back short (the
+    caller checks lengths).
+    """
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < length:
+        chunk = await body.read(min(READ_CHUNK, length - filled))
+        if not chunk:
+            break
+        view[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    view.release()
+    if filled < length:
+        del buffer[filled:]
+    return buffer
+
+
+class BufferBody(io.RawIOBase):
+    """A seekable, read-only file over a part buffer, so uploads send it without a copy.
+
+    botocore wraps only ``bytes`` bodies (in BytesIO); aiohttp refuses large raw buffers.
+    """
+
+    def __init__(self, buffer: bytes | bytearray) -> None:
+        super().__init__()
+        self._view = memoryview(buffer)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        n = min(len(target), len(self._view) - self._pos)
+        target[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, min(base + offset, len(self._view)))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
 class ByteSource(Protocol):
     """Reads one source object. Implementations: :class:`S3Source` (later: presigned URLs)."""
 
@@ -79,7 +140,7 @@ class ByteSource(Protocol):
 
     async def head(self) -> SourceObject: ...
 
-    async def read(self, part: Part | None, *, etag: str) -> bytes:
+    async def read(self, part: Part | None, *, etag: str) -> bytes | bytearray:
         """The bytes of ``part`` (or the whole object), only if the ETag still matches."""
         ...
 
@@ -136,17 +197,16 @@ class S3Source:
             return src
         return replace(src, part_size=int(first["ContentLength"]), parts_count=int(count))
 
-    async def read(self, part: Part | None, *, etag: str) -> bytes:
+    async def read(self, part: Part | None, *, etag: str) -> bytes | bytearray:
         kwargs: dict[str, Any] = {**self._ref(), "IfMatch": etag}
         if part is not None:
             kwargs["Range"] = part.http_range
         try:
             response = await self._client.get_object(**kwargs)
-            async with response["Body"] as body:
-                data: bytes = await body.read()
+            async with response["Body"]:
+                return await read_exactly(response["Body"], int(response["ContentLength"]))
         except Exception as exc:
             raise classify(exc, operation="GetObject", context="source") from exc
-        return data
 
     async def fetch(self, *, etag: str) -> tuple[SourceObject, bytes]:
         try:

@@ -33,7 +33,7 @@ from common.s3errors import classify, error_code
 from common.settings import Endpoint
 from worker.multipart import MultipartUpload, UploadedPart
 from worker.planner import Part, Plan, Strategy, split
-from worker.source import ByteSource, SourceObject
+from worker.source import BufferBody, ByteSource, SourceObject
 
 T = TypeVar("T")
 CLOCK_SKEW = timedelta(minutes=2)
@@ -95,7 +95,8 @@ def check_source(src: SourceObject, algorithm: str,
     return True
 
 
-def part_checksums(src: SourceObject, algorithm: str, data: bytes) -> list[checksums.PartChecksum]:
+def part_checksums(src: SourceObject, algorithm: str,
+                   data: bytes | bytearray) -> list[checksums.PartChecksum]:
     """CRCs of ``data``, per source part when the source's checksum is COMPOSITE."""
     if not src.composite_layout() or not src.part_size or not data:
         return [checksums.compute(algorithm, data)]
@@ -104,7 +105,7 @@ def part_checksums(src: SourceObject, algorithm: str, data: bytes) -> list[check
             for p in split(len(data), src.part_size)]
 
 
-def md5_b64(data: bytes) -> str:
+def md5_b64(data: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
@@ -187,7 +188,8 @@ class Transfer:
 
     # -- streamed -----------------------------------------------------------------------
 
-    async def _read(self, source: ByteSource, src: SourceObject, part: Part | None) -> bytes:
+    async def _read(self, source: ByteSource, src: SourceObject,
+                    part: Part | None) -> bytes | bytearray:
         data = await self.call("GetObject", "source", partial(source.read, part, etag=src.etag))
         expected = part.length if part is not None else src.size
         if len(data) != expected:
@@ -205,7 +207,7 @@ class Transfer:
             data = await self._read(source, src, None)
             return await self.put_bytes(src, data, dest, args)
 
-    async def put_bytes(self, src: SourceObject, data: bytes, dest: Destination,
+    async def put_bytes(self, src: SourceObject, data: bytes | bytearray, dest: Destination,
                         args: dict[str, Any]) -> Written:
         """One PUT of bytes already read (the caller holds a slot for them)."""
         started = time.monotonic()
@@ -219,7 +221,8 @@ class Transfer:
         else:
             put["ContentMD5"] = md5_b64(data)
         response = await self.call("PutObject", "destination", partial(
-            dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=data, **put))
+            dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=BufferBody(data),
+            **put))
         self._metrics.part_duration.labels("put").observe(time.monotonic() - started)
         return Written(algorithm=algorithm if dest.checksums else None,
                        expected=wire if dest.checksums else None,
@@ -241,7 +244,8 @@ class Transfer:
                 kwargs["ContentMD5"] = md5_b64(data)
             response = await self.call("UploadPart", "destination", partial(
                 dest.client.upload_part, Bucket=dest.bucket, Key=dest.key,
-                UploadId=up.upload_id, PartNumber=part.number, Body=data, **kwargs))
+                UploadId=up.upload_id, PartNumber=part.number, Body=BufferBody(data),
+                **kwargs))
             self._metrics.part_duration.labels("upload_part").observe(
                 time.monotonic() - started)
         return UploadedPart(part.number, response["ETag"], part.length, computed, wire)

@@ -90,3 +90,8 @@ async def test_retry_gives_up_after_the_attempt_budget() -> None:
     with pytest.raises(errors.RetryNow):
         await retrying(always, RetryPolicy(attempts=4, base_delay=0.001))
     assert len(calls) == 4
+
+
+def test_a_bug_of_ours_is_not_blamed_on_s3() -> None:
+    err = classify(TypeError("oops"), operation="GetObject", context="source")
+    assert isinstance(err, errors.GiveUp) and err.reason == "internal:TypeError"
