@@ -2,18 +2,27 @@
 
 The whole path of a real deployment, on local servers: two LocalStack partitions (global =
 us-east-1, china = cn-north-1, different keys, nothing shared), a job queue and a
-dead-letter queue on the global side, a source bucket seeded with awkward objects, one copy
-job per object, and two real worker processes (``python -m worker``) that copy until the
-queue is empty and serve ``/metrics`` while they run.
+dead-letter queue on the global side, a source bucket seeded with awkward objects, and a
+route (global -> china, ``sync_deletes``) in the config file. Then two phases:
+
+1. Backfill: ``s3ferry backfill`` diffs the source and the destination and enqueues copy
+   jobs; two real worker processes (``python -m worker``) copy until the queue is empty and
+   serve ``/metrics`` while they run.
+2. Events: S3 notifications of the source bucket go to an events queue; ``s3ferry events``
+   turns them into jobs for two more workers while the demo uploads new objects, overwrites
+   one and deletes one, and waits until the destination mirrors the source again.
 
 What is guaranteed:
 
-- The demo checks the result itself, not through the workers: every destination object is
-  read back and compared with its source (sha256 of the bytes, user metadata without the
-  ``s3ferry-`` fingerprint keys, content headers, tags), and the dead-letter queue must be
-  empty. It exits 0 only if all of that holds and no job failed; otherwise it lists what
-  differs and exits 1.
-- The servers and workers are stopped at the end whatever happens (an error, Ctrl-C,
+- The demo checks the result itself, not through the workers: at the end every object in
+  the source is read back from both sides and compared (sha256 of the bytes, user metadata
+  without the ``s3ferry-`` fingerprint keys, content headers, tags), the destination must
+  hold nothing else (the deleted object is gone), the dead-letter queues must be empty and
+  a re-run of the backfill (``--dry-run --compare checksum``) must find nothing to do. It
+  exits 0 only if all of that holds, no job failed and every process exited 0 (the event
+  listener and its workers after SIGTERM); otherwise it lists what differs and exits 1.
+- Event mode waits at most 90 s for the destination to mirror the source.
+- The servers, workers and listener are stopped at the end whatever happens (an error, Ctrl-C,
   SIGTERM); on Linux, if the demo itself is killed, the kernel stops them. ``--keep``
   leaves the servers up until Ctrl-C so a person can look.
 """
@@ -51,8 +60,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.fingerprint import user_metadata
-from common.jobs import CopyJob, DestinationRef, SourceRef, encode
-from common.limits import KIB, MIB, SQS_MAX_BATCH
+from common.limits import KIB, MIB
 from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port
 from worker.consumer import Summary
 
@@ -61,11 +69,16 @@ DESTINATION = "china"
 SOURCE_BUCKET = "ferry-demo-source"
 DEST_BUCKET = "ferry-demo-china"
 QUEUE = "ferry-demo-jobs"
+EVENTS_QUEUE = "ferry-demo-events"
+ROUTE = "demo"
 WORKERS = 2
 PART_SIZE = 8 * MIB
 DEFAULT_SMALL_OBJECTS = 40
 SEED_THREADS = 8
 WORKER_DEADLINE_SECONDS = 600.0
+BACKFILL_DEADLINE_SECONDS = 300.0
+MIRROR_DEADLINE_SECONDS = 90.0
+NEW_OBJECTS = 3
 WORKER_STOP_SECONDS = 15.0
 SCRAPE_EVERY_SECONDS = 1.0
 POLL_SECONDS = 0.2
@@ -103,9 +116,10 @@ class DemoObject:
     metadata: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     uploaded_in_parts: bool = False  # a source with a multipart ETag, as big objects have
+    salt: str = ""  # another salt, other bytes: an overwrite
 
     def body(self) -> bytes:
-        return random.Random(self.key).randbytes(self.size)
+        return random.Random(self.key + self.salt).randbytes(self.size)
 
     def write_args(self) -> dict[str, Any]:
         args: dict[str, Any] = dict(self.headers)
@@ -142,6 +156,27 @@ def demo_objects(small: int) -> list[DemoObject]:
     return objects
 
 
+def event_changes() -> tuple[list[DemoObject], DemoObject, str]:
+    """Event mode's changes: new objects (awkward keys), one overwrite, one delete.
+
+    One change per key on purpose: LocalStack gives every S3 event the same ``sequencer``,
+    so the listener (rightly, for real S3) takes a second event on a key as a stale one.
+    """
+    new = [_rich("events/new 1.bin", 1000), _rich("events/ü+1=2 😀.txt", 64 * KIB),
+           _rich("events/large-2-mib.bin", 2 * MIB + 1)][:NEW_OBJECTS]
+    overwrite = _rich(AWKWARD_KEYS[1], 2048, salt="overwritten")
+    return new, overwrite, AWKWARD_KEYS[0]
+
+
+def routes_toml() -> str:
+    """The demo's route: the whole source bucket to China, deletes mirrored."""
+    return (f"\n[routes.{ROUTE}]\n"
+            f'source = {{ endpoint = "{SOURCE}", bucket = "{SOURCE_BUCKET}" }}\n'
+            "sync_deletes = true\n\n"
+            f"[[routes.{ROUTE}.destinations]]\n"
+            f'endpoint = "{DESTINATION}"\nbucket = "{DEST_BUCKET}"\n')
+
+
 # -- the run's shape -----------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,8 +201,25 @@ class Queues:
     dlq_url: str
 
 
+_COPIED = re.compile(r'^s3ferry_objects_total\{[^}]*result="copied"[^}]*\}\s+(\S+)$', re.M)
+_ENQUEUED = re.compile(r'^s3ferry_dispatcher_jobs_enqueued_total\{[^}]*\}\s+(\S+)$', re.M)
+
+
+class DemoError(Exception):
+    """A step of the demo itself failed (not a copy): the run cannot go on."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventQueues:
+    events_url: str
+    events_dlq_url: str
+    events_arn: str
+
+
 @dataclass(kw_only=True)
 class WorkerProcess:
+    """A worker (or the events listener) the demo started, and what its /metrics said."""
+
     index: int
     popen: subprocess.Popen[bytes]
     metrics_port: int
@@ -175,6 +227,8 @@ class WorkerProcess:
     summary_path: Path
     scrapes: int = 0
     last_copied: int | None = None
+    counter: re.Pattern[str] = _COPIED  # the number remembered at each scrape
+    counted: str = "copied"
 
     @property
     def metrics_url(self) -> str:
@@ -202,8 +256,24 @@ META_FIELDS = frozenset({"missing", "headers", "metadata", "tags"})
 
 
 @dataclass(kw_only=True)
+class EventPhase:
+    """What event mode did: the changes made, the listener's and workers' reports."""
+
+    changes: Mapping[str, int]
+    deleted_key: str
+    listener: WorkerProcess
+    listener_code: int | None
+    listener_summary: Mapping[str, Any]
+    totals: Totals
+    workers: list[WorkerProcess]
+    worker_codes: list[int | None]
+    mirrored_after: float | None  # seconds from the first change to an equal destination
+    events_dlq: int
+
+
+@dataclass(kw_only=True)
 class Outcome:
-    objects: int
+    objects: int  # in the source at the end, each compared with its copy
     bytes_seeded: int
     totals: Totals
     workers: list[WorkerProcess]
@@ -214,6 +284,11 @@ class Outcome:
     timings: dict[str, float]
     drained_after: float | None  # seconds from starting the workers to an empty queue
     wall: float
+    seeded: int = 0
+    backfill: Mapping[str, Any] = field(default_factory=dict)  # its JSON summary
+    events: EventPhase | None = None
+    extras: list[str] = field(default_factory=list)  # at the destination, not at the source
+    rerun: Mapping[str, int] | None = None  # jobs a final backfill --dry-run would send
 
     def equal(self, fields: frozenset[str]) -> int:
         """How many objects have no difference in ``fields``."""
@@ -258,6 +333,33 @@ def create_queues(sqs: Any) -> Queues:
     return Queues(queue_url=str(queue_url), dlq_url=str(dlq_url))
 
 
+def create_event_queues(sqs: Any) -> EventQueues:
+    """The queue S3 notifies (and its dead-letter queue, for events nobody can parse)."""
+    attributes = {"VisibilityTimeout": "30"}
+    url = sqs.create_queue(QueueName=EVENTS_QUEUE, Attributes=attributes)["QueueUrl"]
+    dlq = sqs.create_queue(QueueName=f"{EVENTS_QUEUE}-dlq", Attributes=attributes)["QueueUrl"]
+    arn = str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"])
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": s3_may_send(arn)})
+    return EventQueues(events_url=str(url), events_dlq_url=str(dlq), events_arn=arn)
+
+
+def s3_may_send(queue_arn: str) -> str:
+    """The queue policy real S3 needs before it notifies a queue (LocalStack does not)."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
+        "Action": "sqs:SendMessage", "Resource": queue_arn,
+        "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{SOURCE_BUCKET}"}}}]})
+
+
+def notify(s3: Any, queue_arn: str) -> None:
+    """S3 -> SQS notifications of every create and remove in the source bucket."""
+    s3.put_bucket_notification_configuration(
+        Bucket=SOURCE_BUCKET, NotificationConfiguration={"QueueConfigurations": [{
+            "Id": "s3ferry-demo", "QueueArn": queue_arn,
+            "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+
+
 def queue_depth(sqs: Any, url: str) -> int:
     """Messages visible, in flight or delayed (SQS's approximate counts)."""
     names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
@@ -268,7 +370,7 @@ def queue_depth(sqs: Any, url: str) -> int:
 
 # -- seeding -------------------------------------------------------------------------------
 
-def _parallel(fn: Callable[[DemoObject], Any], objects: Iterable[DemoObject]) -> list[Any]:
+def _parallel(fn: Callable[[Any], Any], objects: Iterable[Any]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=SEED_THREADS, thread_name_prefix="demo") as pool:
         return list(pool.map(fn, objects))
 
@@ -289,23 +391,6 @@ def list_source(client: Any) -> list[dict[str, Any]]:
     paginator = client.get_paginator("list_objects_v2")
     return [item for page in paginator.paginate(Bucket=SOURCE_BUCKET)
             for item in page.get("Contents", [])]
-
-
-def jobs_for(listing: Iterable[Mapping[str, Any]]) -> list[CopyJob]:
-    return [CopyJob(
-        source=SourceRef(endpoint=SOURCE, bucket=SOURCE_BUCKET, key=item["Key"],
-                         size=item["Size"], etag=item["ETag"]),
-        destination=DestinationRef(endpoint=DESTINATION, bucket=DEST_BUCKET, key=item["Key"]),
-    ) for item in listing]
-
-
-def send_jobs(sqs: Any, queue_url: str, jobs: Sequence[CopyJob]) -> None:
-    for start in range(0, len(jobs), SQS_MAX_BATCH):
-        batch = [{"Id": str(i), "MessageBody": encode(job)}
-                 for i, job in enumerate(jobs[start:start + SQS_MAX_BATCH])]
-        failed = sqs.send_message_batch(QueueUrl=queue_url, Entries=batch).get("Failed")
-        if failed:
-            raise RuntimeError(f"SendMessageBatch refused {len(failed)} jobs: {failed}")
 
 
 # -- workers -------------------------------------------------------------------------------
@@ -347,33 +432,81 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def worker_argv(config: Path, queues: Queues, port: int, summary: Path) -> list[str]:
-    argv = [sys.executable, "-m", "worker", "--config", str(config),
-            "--queue-url", queues.queue_url, "--dlq-url", queues.dlq_url,
-            "--exit-when-idle", "--summary-json", str(summary), "--metrics-port", str(port)]
+def with_parent(argv: list[str]) -> list[str]:
+    """``argv``, dying with the demo where the kernel can arrange it."""
     # PR_SET_PDEATHSIG follows the forking thread: only the main thread may rely on it.
     if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
         argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     return argv
 
 
-def start_workers(workdir: Path, config: Path, queues: Queues) -> list[WorkerProcess]:
+def worker_argv(config: Path, queues: Queues, port: int, summary: Path,
+                idle_exit: bool = True) -> list[str]:
+    argv = [sys.executable, "-m", "worker", "--config", str(config),
+            "--queue-url", queues.queue_url, "--dlq-url", queues.dlq_url,
+            "--summary-json", str(summary), "--metrics-port", str(port)]
+    return with_parent(argv + (["--exit-when-idle"] if idle_exit else []))
+
+
+def dispatcher_argv(command: str, config: Path, queues: Queues, *extra: str) -> list[str]:
+    """``s3ferry backfill`` or ``s3ferry events`` on the demo's config and job queue."""
+    return with_parent([sys.executable, "-m", "s3ferry", command, "--config", str(config),
+                        "--queue-url", queues.queue_url, *extra])
+
+
+def spawn(argv: list[str], workdir: Path, log_path: Path,
+          out_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv``: stderr (and stdout, unless ``out_path``) appended to ``log_path``."""
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(log_path.open("ab"))
+        out = files.enter_context(out_path.open("wb")) if out_path else log
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=log,
+                                env=worker_env(), cwd=workdir)
+
+
+def start_workers(workdir: Path, config: Path, queues: Queues, *, tag: str = "",
+                  idle_exit: bool = True) -> list[WorkerProcess]:
     workers = []
     for index in range(1, WORKERS + 1):
         port = free_port()
-        log_path = workdir / f"worker-{index}.log"
-        summary = workdir / f"worker-{index}-summary.json"
+        log_path = workdir / f"worker-{tag}{index}.log"
+        summary = workdir / f"worker-{tag}{index}-summary.json"
         summary.unlink(missing_ok=True)
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                worker_argv(config, queues, port, summary), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, env=worker_env(), cwd=workdir)
+        popen = spawn(worker_argv(config, queues, port, summary, idle_exit), workdir, log_path)
         workers.append(WorkerProcess(index=index, popen=popen, metrics_port=port,
                                      log_path=log_path, summary_path=summary))
     return workers
 
 
-_COPIED = re.compile(r'^s3ferry_objects_total\{[^}]*result="copied"[^}]*\}\s+(\S+)$', re.M)
+def start_listener(workdir: Path, config: Path, queues: Queues,
+                   events: EventQueues) -> WorkerProcess:
+    """``s3ferry events``: its JSON summary (stdout) goes to a file of its own."""
+    port = free_port()
+    argv = dispatcher_argv("events", config, queues, "--events-queue-url", events.events_url,
+                           "--events-dlq-url", events.events_dlq_url,
+                           "--metrics-port", str(port), "--wait-seconds", "1")
+    log_path, summary = workdir / "events.log", workdir / "events-summary.json"
+    return WorkerProcess(index=0, popen=spawn(argv, workdir, log_path, summary),
+                         metrics_port=port, log_path=log_path, summary_path=summary,
+                         counter=_ENQUEUED, counted="enqueued")
+
+
+def run_backfill(workdir: Path, config: Path, queues: Queues, *extra: str) -> dict[str, Any]:
+    """``s3ferry backfill --delete`` to completion; its JSON summary."""
+    log_path = workdir / "backfill.log"
+    argv = dispatcher_argv("backfill", config, queues, "--delete", "--progress-seconds", "1",
+                           *extra)
+    with log_path.open("ab") as log:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=log, env=worker_env(), cwd=workdir, check=False,
+                              timeout=BACKFILL_DEADLINE_SECONDS)
+    if done.returncode != 0:
+        raise DemoError(f"s3ferry backfill exited {done.returncode} (see {log_path})")
+    try:
+        summary = json.loads(done.stdout)
+    except ValueError as exc:
+        raise DemoError(f"s3ferry backfill printed no JSON summary: {exc}") from exc
+    return dict(summary)
 
 
 def scrape(worker: WorkerProcess) -> None:
@@ -384,7 +517,7 @@ def scrape(worker: WorkerProcess) -> None:
     except (OSError, urllib.error.URLError):
         return  # not serving yet, or already gone
     worker.scrapes += 1
-    worker.last_copied = int(sum(float(v) for v in _COPIED.findall(text)))
+    worker.last_copied = int(sum(float(v) for v in worker.counter.findall(text)))
 
 
 @dataclass(kw_only=True)
@@ -451,6 +584,77 @@ def add_summaries(workers: Iterable[WorkerProcess]) -> Totals:
     return totals
 
 
+# -- event mode ----------------------------------------------------------------------------
+
+def change_source(client: Any) -> tuple[dict[str, int], str]:
+    """Upload new objects, overwrite one, delete one; what was done and the deleted key."""
+    new, overwrite, deleted = event_changes()
+    _parallel(lambda obj: seed_one(client, obj), [*new, overwrite])
+    client.delete_object(Bucket=SOURCE_BUCKET, Key=deleted)
+    return {"uploaded": len(new), "overwritten": 1, "deleted": 1}, deleted
+
+
+def sizes(client: Any, bucket: str) -> dict[str, int]:
+    paginator = client.get_paginator("list_objects_v2")
+    return {item["Key"]: item["Size"] for page in paginator.paginate(Bucket=bucket)
+            for item in page.get("Contents", [])}
+
+
+def mirrored(clients: Clients) -> bool:
+    """Same keys, same sizes, then same sha256 for every key."""
+    source = sizes(clients.source, SOURCE_BUCKET)
+    if source != sizes(clients.destination, DEST_BUCKET):
+        return False
+    return all(_parallel(lambda key: _sha256(clients.source, SOURCE_BUCKET, key)
+                         == _sha256(clients.destination, DEST_BUCKET, key), source))
+
+
+def wait_mirrored(clients: Clients, watch: Watch, deadline: float) -> float | None:
+    """Seconds until the destination mirrors the source, or None at the deadline."""
+    began = time.monotonic()
+    while time.monotonic() < deadline:
+        watch.tick()
+        with contextlib.suppress(BotoCoreError, ClientError):  # mid-change: look again
+            if mirrored(clients):
+                return time.monotonic() - began
+        time.sleep(1.0)
+    return None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def events_phase(workdir: Path, clients: Clients, queues: Queues,
+                 procs: list[WorkerProcess]) -> EventPhase:
+    """Listener and workers up, the source changed, wait for the mirror, SIGTERM them all."""
+    events = create_event_queues(clients.sqs)
+    notify(clients.source, events.events_arn)
+    config = workdir / "s3ferry.toml"
+    listener = start_listener(workdir, config, queues, events)
+    procs.append(listener)
+    workers = start_workers(workdir, config, queues, tag="events-", idle_exit=False)
+    procs += workers
+    say(f"   events listener: pid {listener.popen.pid}, {listener.metrics_url}, "
+        f"log {listener.log_path}")
+    announce(workers, "event worker")
+    changes, deleted = change_source(clients.source)
+    say("   changed the source: " + _counts(changes))
+    watch = Watch(workers=[listener, *workers], sqs=clients.sqs, queue_url=queues.queue_url)
+    after = wait_mirrored(clients, watch, time.monotonic() + MIRROR_DEADLINE_SECONDS)
+    stop_workers([listener])  # SIGTERM: it finishes its batch and exits 0
+    stop_workers(workers)
+    return EventPhase(
+        changes=changes, deleted_key=deleted, listener=listener,
+        listener_code=listener.popen.poll(), listener_summary=read_json(listener.summary_path),
+        totals=add_summaries(workers), workers=workers,
+        worker_codes=[w.popen.poll() for w in workers], mirrored_after=after,
+        events_dlq=queue_depth(clients.sqs, events.events_dlq_url))
+
+
 # -- independent verification --------------------------------------------------------------
 
 def _sha256(client: Any, bucket: str, key: str) -> str:
@@ -502,9 +706,14 @@ def compare(clients: Clients, key: str) -> Difference | None:
     return Difference(key, frozenset(fields), f"{shown(key)}: {text}")
 
 
-def verify_all(clients: Clients, objects: Sequence[DemoObject]) -> list[Difference]:
-    found = _parallel(lambda obj: compare(clients, obj.key), objects)
+def verify_all(clients: Clients, keys: Sequence[str]) -> list[Difference]:
+    found = _parallel(lambda key: compare(clients, key), keys)
     return [diff for diff in found if diff is not None]
+
+
+def extra_keys(clients: Clients, keys: Iterable[str]) -> list[str]:
+    """Destination keys with no source (a delete that did not happen)."""
+    return sorted(set(sizes(clients.destination, DEST_BUCKET)) - set(keys))
 
 
 # -- report --------------------------------------------------------------------------------
@@ -518,7 +727,8 @@ def _counts(counter: Mapping[str, int]) -> str:
 
 
 def _worker_line(worker: WorkerProcess, code: int | None) -> str:
-    seen = (f"scraped {worker.scrapes}x, copied={worker.last_copied} at the last scrape"
+    seen = (f"scraped {worker.scrapes}x, {worker.counted}={worker.last_copied} at the last "
+            "scrape"
             if worker.scrapes else "never scraped")
     state = "exit 0" if code == 0 else f"exit {code}" if code is not None else "did not exit"
     return f"{worker.metrics_url} ({seen}; {state}; log {worker.log_path.name})"
@@ -549,11 +759,61 @@ def _verdict(outcome: Outcome, label: str, fields: frozenset[str],
     return label, f"{verdict}  ({equal}/{outcome.objects} objects: {what})"
 
 
+def _backfill_rows(backfill: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if not backfill:
+        return []
+    enqueued = backfill.get("enqueued") or {}
+    return [("backfill listed", _counts(backfill.get("listed") or {})),
+            ("backfill decisions", _counts(backfill.get("decisions") or {})),
+            ("backfill enqueued", f"{_counts(enqueued.get('jobs') or {})}  "
+                                  f"({_mib(int(enqueued.get('bytes') or 0))})")]
+
+
+def _event_rows(ev: EventPhase | None) -> list[tuple[str, str]]:
+    if ev is None:
+        return []
+    got, t = ev.listener_summary, ev.totals
+    after = (f"{ev.mirrored_after:.1f} s after the changes" if ev.mirrored_after is not None
+             else f"NOT within {MIRROR_DEADLINE_SECONDS:.0f} s")
+    return [
+        ("source changes", _counts(ev.changes)),
+        ("events received", _counts(got.get("events") or {})),
+        ("event jobs enqueued", _counts(got.get("jobs") or {})),
+        ("events dropped", _counts(got.get("dropped") or {})),
+        ("event dead letters", str(ev.events_dlq)),
+        ("event workers did", f"{_counts(t.results)}  ({_mib(t.bytes_copied)} copied)"),
+        ("destination mirrored", after),
+        ("events listener /metrics", _worker_line(ev.listener, ev.listener_code)),
+        *[(f"event worker {w.index} /metrics", _worker_line(w, code))
+          for w, code in zip(ev.workers, ev.worker_codes, strict=True)],
+    ]
+
+
+def _final_rows(outcome: Outcome) -> list[tuple[str, str]]:
+    rows = [_verdict(outcome, "every object byte-equal", BYTE_FIELDS, "size and sha256"),
+            _verdict(outcome, "metadata and tags equal", META_FIELDS,
+                     "headers, user metadata, tags")]
+    if outcome.events is not None:
+        gone = outcome.events.deleted_key not in outcome.extras
+        rows.append(("deleted object gone", f"{'yes' if gone else 'NO'}  "
+                                            f"({shown(outcome.events.deleted_key)})"))
+    rows.append(("extra at destination", str(len(outcome.extras))))
+    if outcome.rerun is not None:
+        rows.append(("backfill re-run", "nothing to do  (--dry-run --compare checksum)"
+                     if not outcome.rerun else f"would enqueue {_counts(outcome.rerun)}"))
+    issues = len(problems(outcome))
+    rows.append(("verdict", "yes  (the destination mirrors the source)" if not issues
+                 else f"NO  ({issues} problem(s), listed below)"))
+    return rows
+
+
 def render(outcome: Outcome) -> str:
     """The human-readable summary table."""
     t = outcome.totals
     rows: list[tuple[str, str]] = [
-        ("objects seeded", f"{outcome.objects}  ({_mib(outcome.bytes_seeded)})"),
+        ("objects seeded", f"{outcome.seeded or outcome.objects}  "
+                           f"({_mib(outcome.bytes_seeded)})"),
+        *_backfill_rows(outcome.backfill),
         ("copied", f"{t.results['copied']}  ({_mib(t.bytes_copied)})"),
         ("  by strategy", _counts(t.strategies)),
         ("skipped", f"{t.results['skipped']}  ({_counts(t.skipped)})"
@@ -568,9 +828,8 @@ def render(outcome: Outcome) -> str:
     ]
     rows += [(f"worker {w.index} /metrics", _worker_line(w, code))
              for w, code in zip(outcome.workers, outcome.worker_codes, strict=True)]
-    rows += [_verdict(outcome, "every object byte-equal", BYTE_FIELDS, "size and sha256"),
-             _verdict(outcome, "metadata and tags equal", META_FIELDS,
-                      "headers, user metadata, tags")]
+    rows += [*_event_rows(outcome.events), ("objects at the end", str(outcome.objects))]
+    rows += _final_rows(outcome)
     width = max(len(label) for label, _ in rows) + 2
     title = f"s3ferry demo: {SOURCE} -> {DESTINATION}"
     lines = [title, "=" * len(title)] + [f"{label:<{width}}{value}" for label, value in rows]
@@ -588,6 +847,28 @@ def problems(outcome: Outcome) -> list[str]:
         out.append(f"{outcome.queue_left} job(s) still on the queue")
     out += [f"worker {w.index} ended with {code} (see {w.log_path})"
             for w, code in zip(outcome.workers, outcome.worker_codes, strict=True) if code != 0]
+    out += [f"{shown(key)}: at the destination, not at the source" for key in outcome.extras]
+    if outcome.rerun:
+        out.append(f"a backfill re-run would enqueue {_counts(outcome.rerun)}")
+    return out + _event_problems(outcome.events)
+
+
+def _event_problems(ev: EventPhase | None) -> list[str]:
+    if ev is None:
+        return []
+    out = list(ev.totals.unreported)
+    if ev.mirrored_after is None:
+        out.append(f"the destination did not mirror the source within "
+                   f"{MIRROR_DEADLINE_SECONDS:.0f} s")
+    if failed := ev.totals.results["failed"]:
+        out.append(f"{failed} event job(s) failed")
+    if ev.events_dlq:
+        out.append(f"{ev.events_dlq} event(s) in the events dead-letter queue")
+    if ev.listener_code != 0:
+        out.append(f"the events listener ended with {ev.listener_code} "
+                   f"(see {ev.listener.log_path})")
+    out += [f"event worker {w.index} ended with {code} (see {w.log_path})"
+            for w, code in zip(ev.workers, ev.worker_codes, strict=True) if code != 0]
     return out
 
 
@@ -618,14 +899,19 @@ def seed(bed: LocalBed, clients: Clients, objects: Sequence[DemoObject]) -> Queu
 def copy(workdir: Path, config: Path, queues: Queues, sqs: Any,
          workers: list[WorkerProcess]) -> Watch:
     """Start the workers (registered in ``workers`` at once, for cleanup) and wait."""
-    watch = Watch(workers=workers, sqs=sqs, queue_url=queues.queue_url)
-    workers += start_workers(workdir, config, queues)
-    for worker in workers:
-        say(f"   worker {worker.index}: pid {worker.popen.pid}, {worker.metrics_url}, "
-            f"log {worker.log_path}")
+    started = start_workers(workdir, config, queues)
+    workers += started
+    watch = Watch(workers=started, sqs=sqs, queue_url=queues.queue_url)
+    announce(started)
     watch.codes = watch.wait(time.monotonic() + WORKER_DEADLINE_SECONDS)
-    stop_workers(workers)  # only acts on a worker that missed the deadline
+    stop_workers(started)  # only acts on a worker that missed the deadline
     return watch
+
+
+def announce(workers: Iterable[WorkerProcess], label: str = "worker") -> None:
+    for worker in workers:
+        say(f"   {label} {worker.index}: pid {worker.popen.pid}, {worker.metrics_url}, "
+            f"log {worker.log_path}")
 
 
 def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) -> Outcome:
@@ -635,7 +921,7 @@ def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) 
     with phase(timings, "start", "starting the global and china partitions (LocalStack)"):
         bed.start()
     config = workdir / "s3ferry.toml"
-    config.write_text(bed.config_toml(), encoding="utf-8")
+    config.write_text(bed.config_toml() + routes_toml(), encoding="utf-8")
     with open_clients(bed) as clients:
         outcome = ferry(bed, clients, workdir, demo_objects(small), workers, timings)
     outcome.wall = time.monotonic() - began
@@ -644,21 +930,32 @@ def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) 
 
 def ferry(bed: LocalBed, clients: Clients, workdir: Path, objects: Sequence[DemoObject],
           workers: list[WorkerProcess], timings: dict[str, float]) -> Outcome:
-    """Seed, enqueue, copy with the workers, verify: the demo proper."""
+    """Seed, backfill, copy with the workers, event mode, verify: the demo proper."""
     total = sum(o.size for o in objects)
+    config = workdir / "s3ferry.toml"
     with phase(timings, "seed", f"seeding {len(objects)} objects ({_mib(total)}) on {SOURCE}"):
         queues = seed(bed, clients, objects)
-    with phase(timings, "enqueue", "listing the source, one copy job per object"):
-        send_jobs(clients.sqs, queues.queue_url, jobs_for(list_source(clients.source)))
+    with phase(timings, "backfill", f"s3ferry backfill: route {ROUTE!r}, enqueuing the diff"):
+        backfill = run_backfill(workdir, config, queues)
     with phase(timings, "copy", f"{WORKERS} workers copying {SOURCE} -> {DESTINATION}"):
-        watch = copy(workdir, workdir / "s3ferry.toml", queues, clients.sqs, workers)
-    with phase(timings, "verify", "verifying every object independently"):
-        mismatches = verify_all(clients, objects)
-    return Outcome(objects=len(objects), bytes_seeded=total, totals=add_summaries(workers),
-                   workers=workers, worker_codes=watch.codes, mismatches=mismatches,
+        watch = copy(workdir, config, queues, clients.sqs, workers)
+    copiers = list(workers)
+    with phase(timings, "events", "event mode: s3ferry events, 2 workers, source changes, "
+                                  "until the destination mirrors the source"):
+        events = events_phase(workdir, clients, queues, workers)
+    with phase(timings, "verify", "verifying every object independently, re-running the "
+                                  "backfill (--dry-run)"):
+        keys = [item["Key"] for item in list_source(clients.source)]
+        mismatches = verify_all(clients, keys)
+        extras = extra_keys(clients, keys)
+        rerun = run_backfill(workdir, config, queues, "--dry-run", "--compare", "checksum")
+    return Outcome(objects=len(keys), bytes_seeded=total, totals=add_summaries(copiers),
+                   workers=copiers, worker_codes=watch.codes, mismatches=mismatches,
                    dlq_messages=queue_depth(clients.sqs, queues.dlq_url),
                    queue_left=queue_depth(clients.sqs, queues.queue_url), timings=timings,
-                   drained_after=watch.drained_after, wall=0.0)
+                   drained_after=watch.drained_after, wall=0.0, seeded=len(objects),
+                   backfill=backfill, events=events, extras=extras,
+                   rerun=dict(rerun.get("would_enqueue") or {}).get("jobs") or {})
 
 
 def show_endpoints(bed: LocalBed, workdir: Path) -> None:
@@ -684,8 +981,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3ferry demo",
         description="Start two local partitions (global, china), seed a bucket with awkward "
-                    "objects, copy it with two workers through SQS, verify every object "
-                    "independently and print a summary. Exit 0 only if every copy is equal.")
+                    "objects, back it up with s3ferry backfill and two workers, then mirror "
+                    "new objects, an overwrite and a delete with s3ferry events and two more "
+                    "workers; verify every object independently and print a summary. Exit 0 "
+                    "only if the destination mirrors the source.")
     parser.add_argument("--workdir", type=Path,
                         help="where servers' data and all logs go (default: a temporary "
                              "directory, removed after a successful run)")
@@ -716,8 +1015,8 @@ def demo(options: DemoOptions, workdir: Path) -> int:
         outcome = run(bed, workdir, options.objects, workers)
         say("\n" + render(outcome))
         issues = problems(outcome)
-        say(f"\nFAILED: {len(issues)} problem(s)" if issues else "\nOK: every object copied, "
-            "verified by the workers and again by the demo")
+        say(f"\nFAILED: {len(issues)} problem(s)" if issues else "\nOK: backfill and events "
+            "copied every object, the deletion was mirrored, the demo checked each copy")
         for line in issues:
             say(f"  - {line}")
         if options.keep:
@@ -741,6 +1040,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = demo(options, workdir.resolve())
     except LocalBedError as exc:
         say(f"s3ferry demo: the local servers did not start: {exc}")
+    except DemoError as exc:
+        say(f"s3ferry demo: {exc}")
     except KeyboardInterrupt:
         say("\ninterrupted: servers and workers stopped")
         code = 130
