@@ -75,6 +75,11 @@ class S3Event:
     delete_marker: bool = False
 
     @property
+    def identity(self) -> tuple[object, ...]:
+        """What tells a duplicate delivery from another change under an equal sequencer."""
+        return (self.name, self.etag, self.size, self.version_id, self.delete_marker)
+
+    @property
     def permanent_version_delete(self) -> bool:
         """A specific version removed for good (not a delete marker, not unversioned)."""
         return (self.kind is Kind.REMOVED and not self.delete_marker
@@ -181,25 +186,35 @@ def parse(body: str, *, _depth: int = 0) -> list[S3Event]:
 # -- ordering -------------------------------------------------------------------------------
 
 class SequencerBook:
-    """The newest sequencer applied per (bucket, key), bounded (least recently used goes)."""
+    """The newest sequencer applied per (bucket, key), bounded (least recently used goes).
+
+    An older sequencer is stale. An equal one is stale only for the same change (a duplicate
+    delivery): stores that send a constant or coarse sequencer (LocalStack does) must not
+    make every later change of a key look old.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._capacity = capacity
-        self._seen: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], tuple[str, object]] = OrderedDict()
 
-    def is_stale(self, bucket: str, key: str, sequencer: str | None) -> bool:
+    def is_stale(self, bucket: str, key: str, sequencer: str | None,
+                 identity: object = None) -> bool:
         if sequencer is None:
             return False
         applied = self._seen.get((bucket, key))
-        return applied is not None and sequencer_key(sequencer) <= sequencer_key(applied)
+        if applied is None:
+            return False
+        mine, theirs = sequencer_key(sequencer), sequencer_key(applied[0])
+        return mine < theirs or (mine == theirs and identity == applied[1])
 
-    def applied(self, bucket: str, key: str, sequencer: str | None) -> None:
+    def applied(self, bucket: str, key: str, sequencer: str | None,
+                identity: object = None) -> None:
         if sequencer is None:
             return
         where = (bucket, key)
         current = self._seen.get(where)
-        if current is None or sequencer_key(sequencer) > sequencer_key(current):
-            self._seen[where] = sequencer
+        if current is None or sequencer_key(sequencer) >= sequencer_key(current[0]):
+            self._seen[where] = (sequencer, identity)
         self._seen.move_to_end(where)
         while len(self._seen) > self._capacity:
             self._seen.popitem(last=False)

@@ -135,7 +135,7 @@ class Listener:
     def _settled(self, applied: list[S3Event], sender: JobSender) -> None:
         now = datetime.now(UTC)
         for event in applied:
-            self._book.applied(event.bucket, event.key, event.sequencer)
+            self._book.applied(event.bucket, event.key, event.sequencer, event.identity)
             if event.time is not None:
                 self._metrics.event_lag.observe(max(0.0, (now - event.time).total_seconds()))
         self.summary.jobs.update(sender.sent.jobs)
@@ -146,8 +146,9 @@ class Listener:
         self.summary.events[event.kind.value] += 1
         if event.kind in (Kind.TEST, Kind.IGNORED):
             return False
-        if (self._book.is_stale(event.bucket, event.key, event.sequencer)
-                or batch.is_stale(event.bucket, event.key, event.sequencer)):
+        identity = event.identity
+        if (self._book.is_stale(event.bucket, event.key, event.sequencer, identity)
+                or batch.is_stale(event.bucket, event.key, event.sequencer, identity)):
             self._metrics.stale_events.inc()
             self.summary.dropped["stale"] += 1
             log.info("event_dropped_stale", bucket=event.bucket, event_name=event.name)
@@ -161,7 +162,7 @@ class Listener:
                 self.summary.dropped[planned.reason] += 1
             for job in planned.jobs:
                 await sender.put(job)
-        batch.applied(event.bucket, event.key, event.sequencer)
+        batch.applied(event.bucket, event.key, event.sequencer, identity)
         return True
 
     async def _head(self, route: Route, key: str) -> dict[str, Any] | None:

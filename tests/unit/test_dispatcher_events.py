@@ -292,3 +292,18 @@ async def test_failed_send_acknowledges_nothing_and_remembers_nothing() -> None:
     sqs.fail_sends = False
     await lst.handle_batch(messages(body))  # redelivered: not taken for a stale duplicate
     assert len(sqs.sent) == 2 and sqs.deleted == ["r0"]
+
+
+def test_equal_sequencer_drops_a_duplicate_but_not_another_change() -> None:
+    """LocalStack (and some stores) send one constant sequencer: a later, different change
+    of the key must still be applied; a redelivery of the same event must not."""
+    book = SequencerBook()
+    created = ("ObjectCreated:Put", "etag-1", 10, None, False)
+    book.applied("b", "k", "0055", created)
+    assert book.is_stale("b", "k", "0055", created)  # duplicate delivery
+    removed = ("ObjectRemoved:Delete", None, None, None, False)
+    assert not book.is_stale("b", "k", "0055", removed)
+    book.applied("b", "k", "0055", removed)
+    recreated = ("ObjectCreated:Put", "etag-2", 12, None, False)
+    assert not book.is_stale("b", "k", "0055", recreated)
+    assert book.is_stale("b", "k", "0054", recreated)  # older is always stale
