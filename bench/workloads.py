@@ -87,8 +87,9 @@ class Plan:
 # One worker configuration for every workload, as a fleet would be deployed.
 WORKER_ENV = {
     "S3FERRY_WORKER__MAX_JOBS": "64",
-    "S3FERRY_WORKER__MAX_PARTS": "32",
-    "S3FERRY_WORKER__PART_SIZE": str(16 * MIB),
+    # 16 x 8 MiB: a 128 MiB part budget keeps the worker under the 300 MiB RSS target
+    "S3FERRY_WORKER__MAX_PARTS": "16",
+    "S3FERRY_WORKER__PART_SIZE": str(8 * MIB),
     "S3FERRY_WORKER__MULTIPART_THRESHOLD": str(16 * MIB),
     "S3FERRY_WORKER__SERVER_COPY_THRESHOLD": str(1024 * MIB),
     "S3FERRY_WORKER__SERVER_PART_SIZE": str(256 * MIB),

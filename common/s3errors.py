@@ -23,6 +23,24 @@ _CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
 _VANISHED_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 
 
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+async def head_or_none(client: Any, *, bucket: str, key: str) -> dict[str, Any] | None:
+    """HEAD an object with its checksum; None when it does not exist.
+
+    Any other error propagates as botocore raised it, for the caller to classify.
+    """
+    try:
+        answer: dict[str, Any] = await client.head_object(Bucket=bucket, Key=key,
+                                                          ChecksumMode="ENABLED")
+    except Exception as exc:
+        if error_code(exc) in NOT_FOUND_CODES:
+            return None
+        raise
+    return answer
+
+
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a botocore ClientError, or the exception's class name."""
     response: Any = getattr(exc, "response", None)

@@ -29,7 +29,7 @@ from common.logs import get_logger
 from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy, retrying
 from common.routes import DestinationSpec, Route
-from common.s3errors import classify, error_code
+from common.s3errors import classify, head_or_none
 from dispatcher.diff import Action, Decision, Entry, Mode, adiff, same_content
 from dispatcher.fanout import Unmappable, copy_job, delete_job
 from dispatcher.listing import common_prefixes, list_entries
@@ -206,14 +206,10 @@ class Backfill:
     async def _head(self, client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         async def call() -> dict[str, Any] | None:
             try:
-                answer: dict[str, Any] = await client.head_object(
-                    Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-                return answer
+                return await head_or_none(client, bucket=bucket, key=key)
+            except FerryError:
+                raise
             except Exception as exc:
-                if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
-                    return None
-                if isinstance(exc, FerryError):
-                    raise
                 raise classify(exc, operation="HeadObject", context=bucket) from exc
         return await retrying(call, self._policy)
 

@@ -25,7 +25,7 @@ from common.jobs import CopyJob, DeleteJob
 from common.logs import get_logger
 from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy
-from common.s3errors import error_code
+from common.s3errors import head_or_none
 from worker.metadata import write_args
 from worker.planner import Limits, Strategy, fits_layout, plan
 from worker.source import ByteSource, S3Source, SourceObject
@@ -80,16 +80,8 @@ class Replicator:
         self._retry = retry
 
     async def _head_destination(self, client: Any, bucket: str, key: str) -> dict[str, Any] | None:
-        async def head() -> dict[str, Any] | None:
-            try:
-                answer: dict[str, Any] = await client.head_object(
-                    Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-                return answer
-            except Exception as exc:
-                if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
-                    return None
-                raise
-        return await self._transfer.call("HeadObject", "destination", head)
+        return await self._transfer.call("HeadObject", "destination", partial(
+            head_or_none, client, bucket=bucket, key=key))
 
     async def source_for(self, job: CopyJob) -> ByteSource:
         """The seam: today an S3 client; a presigned-URL source plugs in here."""
