@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from common.logs import configure_logging, get_logger
+from common.settings import Settings
+
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _PART_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -98,6 +101,14 @@ class DispatcherMetrics:
         self.dead_letters = Counter(
             "s3ferry_dispatcher_dead_letters_total",
             "Event messages sent to the dead-letter queue, by reason.", ["reason"], registry=r)
+
+def start_process(settings: Settings, registry: CollectorRegistry, *, serve: bool) -> None:
+    """What every long-running s3ferry process does first: logging, then ``/metrics``."""
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    if serve:
+        port = serve_metrics(registry, host=settings.metrics_host, port=settings.metrics_port)
+        get_logger(__name__).info("metrics_serving", port=port, path="/metrics")
+
 
 def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> int:
     """Serve ``/metrics``; port 0 picks a free port. Returns the port actually bound."""

@@ -20,7 +20,7 @@ from typing import Any
 from common.clients import ClientPool
 from common.errors import ConfigError, FerryError
 from common.logs import configure_logging, get_logger
-from common.metrics import DispatcherMetrics, serve_metrics
+from common.metrics import DispatcherMetrics, start_process
 from common.routes import Route
 from common.settings import Settings, load_settings
 from dispatcher.backfill import Backfill, BackfillOptions, Progress, reporting
@@ -233,12 +233,8 @@ def events_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"s3ferry events: {exc}", file=sys.stderr)
         return 2
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
     metrics = DispatcherMetrics()
-    if not args.no_metrics:
-        port = serve_metrics(metrics.registry, host=settings.metrics_host,
-                             port=settings.metrics_port)
-        log.info("metrics_serving", port=port, path="/metrics")
+    start_process(settings, metrics.registry, serve=not args.no_metrics)
     summary = asyncio.run(run_listener(settings, routes, options, metrics=metrics))
     json.dump(summary.as_dict(), sys.stdout)
     sys.stdout.write("\n")

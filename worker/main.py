@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from common.clients import ClientPool
 from common.errors import ConfigError
-from common.logs import configure_logging, get_logger
-from common.metrics import WorkerMetrics, serve_metrics
+from common.logs import get_logger
+from common.metrics import WorkerMetrics, start_process
 from common.retry import RetryPolicy
 from common.settings import Settings, load_settings
 from worker.consumer import Consumer, Summary
@@ -97,12 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"s3ferry worker: {exc}", file=sys.stderr)
         return 2
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
     metrics = WorkerMetrics()
-    if not args.no_metrics:
-        port = serve_metrics(metrics.registry, host=settings.metrics_host,
-                             port=settings.metrics_port)
-        log.info("metrics_serving", port=port, path="/metrics")
+    start_process(settings, metrics.registry, serve=not args.no_metrics)
     try:
         summary = asyncio.run(run_worker(settings, metrics=metrics))
     except ConfigError as exc:
