@@ -5,7 +5,7 @@ worker moves it to the dead-letter queue with a ``reason`` attribute naming what
 
     {"v": 1, "kind": "copy", "id": "…", "route": "default",
      "source": {"endpoint": "global", "bucket": "src", "key": "a/b.txt",
-                "version_id": null, "size": 123, "etag": "\"…\""},
+                "version_id": null, "size": 123, "etag": "\"…\"", "storage_class": "STANDARD"},
      "destination": {"endpoint": "china", "bucket": "dst", "key": "a/b.txt",
                      "storage_class": null, "kms_key_id": null},
      "options": {"preserve_tags": true, "sequencer": null}}
@@ -47,6 +47,8 @@ class SourceRef(BaseModel):
     version_id: str | None = None
     size: int | None = Field(default=None, ge=0)
     etag: str | None = None
+    # The storage class the listing reported; lets a same-endpoint copy keep it without a HEAD.
+    storage_class: str | None = Field(default=None, min_length=1, max_length=64)
 
     _key = field_validator("key")(_check_key)
 

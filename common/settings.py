@@ -90,6 +90,10 @@ class Endpoint(BaseModel):
     kms_key_id: str | None = None
     max_pool_connections: int = Field(default=64, ge=1, le=1024)
 
+    def same_store(self, other: Endpoint) -> bool:
+        """One service, so an ETag means the same content on both (keys may differ)."""
+        return (self.endpoint_url, self.region) == (other.endpoint_url, other.region)
+
     def identity(self) -> tuple[object, ...]:
         """What must be equal for a server-side copy to be possible: same service, same keys."""
         creds = self.credentials

@@ -72,6 +72,7 @@ class _Pair:
     dest: DestinationSpec
     src_client: Any
     dst_client: Any
+    same_store: bool = False
 
 
 class Backfill:
@@ -93,7 +94,10 @@ class Backfill:
                     for dest in route.destinations:
                         pair = _Pair(route=route, dest=dest,
                                      src_client=await self._clients.get(route.source.endpoint),
-                                     dst_client=await self._clients.get(dest.endpoint))
+                                     dst_client=await self._clients.get(dest.endpoint),
+                                     same_store=self._clients.endpoint(
+                                         route.source.endpoint).same_store(
+                                         self._clients.endpoint(dest.endpoint)))
                         tg.create_task(self._pair(pair))
         except BaseExceptionGroup as group:
             raise first_error(group) from group
@@ -175,6 +179,7 @@ class Backfill:
                 assert src is not None
                 await self._sink.put(copy_job(
                     route, dest, relative_key=src.key, size=src.size, etag=src.etag,
+                    storage_class=src.storage_class,
                     destination_absent=decision.reason == "missing"))
             elif decision.action is Action.DELETE:
                 await self._sink.put(delete_job(route, dest, relative_key=decision.key))
@@ -184,7 +189,7 @@ class Backfill:
 
     async def _check(self, pair: _Pair, decision: Decision) -> None:
         """Checksum mode, equal sizes: HEAD both sides and copy unless the content is shown
-        equal (fingerprint or full-object checksum)."""
+        equal (fingerprint, full-object checksum, or within one store the ETag)."""
         try:
             route = pair.route
             src_head = await self._head(pair.src_client, route.source.bucket,
@@ -197,7 +202,7 @@ class Backfill:
             outcome = Decision(Action.SKIP, decision.key, "source_vanished", decision.source)
         elif dst_head is None:
             outcome = Decision(Action.COPY, decision.key, "missing", decision.source)
-        elif why := same_content(src_head, dst_head):
+        elif why := same_content(src_head, dst_head, same_store=pair.same_store):
             outcome = Decision(Action.SKIP, decision.key, f"same_{why}", decision.source)
         else:
             outcome = Decision(Action.COPY, decision.key, "content_unproven", decision.source)

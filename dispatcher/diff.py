@@ -51,6 +51,7 @@ class Entry:
     size: int
     etag: str = ""
     last_modified: datetime | None = None
+    storage_class: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +156,14 @@ async def adiff(source: AsyncIterable[Entry], destination: AsyncIterable[Entry],
             d_key = dst_order(d)
 
 
-def same_content(source_head: Mapping[str, Any], destination_head: Mapping[str, Any]) -> str:
+def same_content(source_head: Mapping[str, Any], destination_head: Mapping[str, Any], *,
+                 same_store: bool = False) -> str:
     """Why the destination holds the source's bytes ("" when that cannot be shown).
 
     The same evidence the worker trusts before skipping a copy: its own fingerprint (the
-    source ETag it stored at copy time), or equal full-object checksums. ETags are never
-    compared across endpoints: multipart and SSE-KMS ETags are not content hashes.
+    source ETag it stored at copy time), equal full-object checksums, or, within one store
+    (``same_store``), equal ETags. ETags are not compared across stores: what they mean
+    (MD5, multipart, KMS, a vendor's own hash) is each store's own.
     """
     if source_head.get("ContentLength") != destination_head.get("ContentLength"):
         return ""
@@ -168,6 +171,8 @@ def same_content(source_head: Mapping[str, Any], destination_head: Mapping[str, 
     stored = (destination_head.get("Metadata") or {}).get(SOURCE_ETAG)
     if etag and stored == etag:
         return "fingerprint"
+    if same_store and etag and str(destination_head.get("ETag", "")).strip('"') == etag:
+        return "etag"
     mine, theirs = from_response(source_head), from_response(destination_head)
     if mine and theirs and mine.comparable() and theirs.comparable() and (
             mine.algorithm, mine.value) == (theirs.algorithm, theirs.value):

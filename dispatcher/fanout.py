@@ -25,15 +25,16 @@ def _destination(dest: DestinationSpec, key: str) -> DestinationRef:
 
 def copy_job(route: Route, dest: DestinationSpec, *, relative_key: str, size: int | None,
              etag: str | None, version_id: str | None = None,
-             sequencer: str | None = None, destination_absent: bool = False) -> CopyJob:
+             sequencer: str | None = None, destination_absent: bool = False,
+             storage_class: str | None = None) -> CopyJob:
     """One copy of ``<source.prefix><relative_key>`` to ``<dest.prefix><relative_key>``.
 
     ``destination_absent``: the listing saw no destination object, so the worker's first
-    attempt may skip its HEAD.
+    attempt may skip its HEAD. ``storage_class``: the source's, as listed.
     """
     source = SourceRef(endpoint=route.source.endpoint, bucket=route.source.bucket,
                        key=route.source.prefix + relative_key, version_id=version_id,
-                       size=size, etag=etag or None)
+                       size=size, etag=etag or None, storage_class=storage_class or None)
     return CopyJob(route=route.name or "default", source=source,
                    destination=_destination(dest, dest.prefix + relative_key),
                    options=CopyOptions(sequencer=sequencer,

@@ -79,7 +79,8 @@ async def list_entries(client: Any, *, bucket: str, prefix: str, base: str | Non
             modified = obj.get("LastModified")
             yield Entry(key=key[len(base):], size=int(obj.get("Size", 0)),
                         etag=str(obj.get("ETag", "")).strip('"'),
-                        last_modified=modified if isinstance(modified, datetime) else None)
+                        last_modified=modified if isinstance(modified, datetime) else None,
+                        storage_class=str(obj.get("StorageClass") or ""))
 
 
 async def common_prefixes(client: Any, *, bucket: str, prefix: str,

@@ -1,7 +1,9 @@
 """What a destination object is written with: headers, user metadata, tags, class, SSE.
 
 Pure: from the source's HEAD, the job and the destination endpoint to the keyword arguments
-shared by PutObject, CreateMultipartUpload and CopyObject (MetadataDirective=REPLACE).
+shared by PutObject, CreateMultipartUpload and CopyObject (MetadataDirective=REPLACE);
+or, for a same-endpoint copy made without a HEAD, the CopyObject arguments that let the
+store carry headers, metadata and tags over itself (``direct_copy_args``).
 """
 
 from __future__ import annotations
@@ -46,8 +48,26 @@ def write_args(source: SourceObject, job: CopyJob, endpoint: Endpoint, *,
     storage_class = storage_class_for(source.storage_class, job, endpoint)
     if storage_class:
         args["StorageClass"] = storage_class
+    args.update(_encryption(job, endpoint))
+    return args
+
+
+def _encryption(job: CopyJob, endpoint: Endpoint) -> dict[str, str]:
     kms = job.destination.kms_key_id or endpoint.kms_key_id
-    if kms:
-        args["ServerSideEncryption"] = "aws:kms"
-        args["SSEKMSKeyId"] = kms
+    return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms} if kms else {}
+
+
+def direct_copy_args(job: CopyJob, endpoint: Endpoint, *, with_tags: bool) -> dict[str, Any]:
+    """CopyObject arguments for a copy within one store, without the source's HEAD.
+
+    The store copies headers and user metadata (and tags, when they are preserved) itself.
+    The storage class is not copied by CopyObject, so the listed one is passed (mapped).
+    No fingerprint is written: within one store an equal ETag already proves the copy.
+    """
+    args: dict[str, Any] = {"MetadataDirective": "COPY",
+                            "TaggingDirective": "COPY" if with_tags else "REPLACE"}
+    storage_class = storage_class_for(job.source.storage_class, job, endpoint)
+    if storage_class:
+        args["StorageClass"] = storage_class
+    args.update(_encryption(job, endpoint))
     return args

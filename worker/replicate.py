@@ -3,6 +3,11 @@
     HEAD source -> HEAD destination (already there? newer? -> skip) -> plan -> tags ->
     transfer -> verify -> JobResult
 
+Two shortcuts for listed objects, both pinned to the listed ETag (a changed source takes the
+long way): a small object is one GET (with the destination HEAD beside it, unless the listing
+saw the destination missing) and one PUT; a same-store copy at a destination the listing saw
+missing is one CopyObject.
+
 Errors propagate as the tree in :mod:`common.errors`; the consumer decides what a failure
 means for the message.
 """
@@ -22,13 +27,14 @@ from common.clients import ClientPool
 from common.errors import SourceChanged, VerificationFailed
 from common.fingerprint import SEQUENCER, SOURCE_ETAG, newer_than
 from common.jobs import CopyJob, DeleteJob
+from common.limits import MAX_COPY_OBJECT
 from common.logs import get_logger
 from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy
 from common.s3errors import head_or_none
-from worker.metadata import write_args
+from worker.metadata import direct_copy_args, write_args
 from worker.planner import Limits, Strategy, fits_layout, plan
-from worker.source import ByteSource, S3Source, SourceObject
+from worker.source import ARCHIVE_CLASSES, ByteSource, S3Source, SourceObject
 from worker.transfer import Destination, Transfer, Written, most_significant
 from worker.verify import verify_head, verify_response
 
@@ -45,13 +51,20 @@ class JobResult:
     resumed: bool = False
 
 
-def already_there(src: SourceObject, head: Mapping[str, Any] | None) -> str:
-    """Why the destination already holds this version ("" when it does not)."""
+def already_there(src: SourceObject, head: Mapping[str, Any] | None, *,
+                  same_store: bool = False) -> str:
+    """Why the destination already holds this version ("" when it does not).
+
+    ``same_store``: source and destination are one store, where equal ETags mean equal
+    content (a server-side copy keeps a single-part object's ETag and writes no fingerprint).
+    """
     if head is None or int(head.get("ContentLength", -1)) != src.size:
         return ""
     stored = (head.get("Metadata") or {}).get(SOURCE_ETAG)
     if stored is not None and stored == src.etag.strip('"'):
         return "fingerprint"
+    if same_store and str(head.get("ETag", "")).strip('"') == src.etag.strip('"'):
+        return "etag"
     theirs = from_response(head)
     mine = src.checksum
     if mine and theirs and mine.comparable() and theirs.full_object and (
@@ -66,6 +79,16 @@ def stale(sequencer: str | None, head: Mapping[str, Any] | None) -> bool:
         return False
     applied = (head.get("Metadata") or {}).get(SEQUENCER)
     return applied is not None and not newer_than(sequencer, applied) and applied != sequencer
+
+
+def direct_copy_allowed(job: CopyJob, limits: Limits, *, first_attempt: bool) -> bool:
+    """A listed object on its first attempt at a destination the listing saw missing, small
+    enough for one CopyObject, in a class that can be copied: no HEAD is needed."""
+    src = job.source
+    return (first_attempt and job.options.destination_absent and job.options.sequencer is None
+            and job.options.preserve_metadata and src.etag is not None and src.size is not None
+            and src.size <= min(limits.server_copy_threshold, MAX_COPY_OBJECT)
+            and src.storage_class is not None and src.storage_class not in ARCHIVE_CLASSES)
 
 
 class Replicator:
@@ -104,6 +127,9 @@ class Replicator:
         small = (not server_side and job.source.etag is not None
                  and job.source.size is not None
                  and job.source.size <= self._limits.multipart_threshold)
+        if server_side and direct_copy_allowed(job, self._limits, first_attempt=first_attempt):
+            with contextlib.suppress(SourceChanged):  # changed since listed: the long way
+                return await self._copy_direct(job, source, dest, with_tags, started)
         if small:
             trust_absent = first_attempt and job.options.destination_absent
             with contextlib.suppress(SourceChanged):  # changed since listed: the long way
@@ -111,7 +137,7 @@ class Replicator:
                                               trust_absent=trust_absent)
         src = await self._transfer.call("HeadObject", "source", source.head)
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
-        if skipped := self._skip(job, src, head):
+        if skipped := self._skip(job, src, head, same_store=src_ep.same_store(dst_ep)):
             return skipped
         layout = src.part_size if src.composite_layout() and fits_layout(
             src.size, src.part_size, src.parts_count) else None
@@ -146,13 +172,36 @@ class Replicator:
             written = await self._transfer.put_bytes(src, data, dest, args)
         return await self._finish(dest, src, written, Strategy.STREAM_PUT.value, started)
 
-    def _skip(self, job: CopyJob, src: SourceObject,
-              head: Mapping[str, Any] | None) -> JobResult | None:
+    async def _copy_direct(self, job: CopyJob, source: ByteSource, dest: Destination,
+                           with_tags: bool, started: float) -> JobResult:
+        """One CopyObject within the store, pinned to the listed ETag, no HEADs.
+
+        The proof is the store's own: the copy's ETag equals the source's (same content, same
+        store); where it cannot (multipart or KMS sources get a new ETag), a HEAD checks size.
+        """
+        copy_source = source.copy_source()
+        assert copy_source is not None and job.source.etag is not None
+        args = direct_copy_args(job, dest.endpoint, with_tags=with_tags)
+        answer = await self._transfer.copy_object(copy_source, job.source.etag, dest, args)
+        etag = str((answer.get("CopyObjectResult") or {}).get("ETag", "")).strip('"')
+        if etag != job.source.etag.strip('"'):
+            head = await self._head_destination(dest.client, dest.bucket, dest.key)
+            size = -1 if head is None else int(head.get("ContentLength", -1))
+            if size != job.source.size:
+                raise VerificationFailed(f"destination has {size} bytes after a server-side "
+                                         f"copy, the source has {job.source.size}")
+        strategy = Strategy.SERVER_COPY.value
+        self._metrics.copy_duration.labels(strategy).observe(time.monotonic() - started)
+        return JobResult(result="copied", bytes=job.source.size or 0, strategy=strategy,
+                         verified="server_pinned")
+
+    def _skip(self, job: CopyJob, src: SourceObject, head: Mapping[str, Any] | None, *,
+              same_store: bool = False) -> JobResult | None:
         if job.source.etag and job.source.etag.strip('"') != src.etag.strip('"'):
             log.info("source_newer_than_job")
         if stale(job.options.sequencer, head):
             return JobResult(result="skipped", reason="stale_event")
-        if why := already_there(src, head):
+        if why := already_there(src, head, same_store=same_store):
             return JobResult(result="skipped", reason=f"already_copied:{why}")
         return None
 

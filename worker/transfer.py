@@ -314,14 +314,10 @@ class Transfer:
     async def _server_copy(self, copy_source: dict[str, str], src: SourceObject,
                            dest: Destination, args: dict[str, Any]) -> Written:
         algorithm = checksum_algorithm(src)
-        kwargs = dict(args, CopySource=copy_source, CopySourceIfMatch=src.etag,
-                      MetadataDirective="REPLACE", TaggingDirective="REPLACE")
+        kwargs = dict(args, MetadataDirective="REPLACE", TaggingDirective="REPLACE")
         if dest.checksums:
             kwargs["ChecksumAlgorithm"] = algorithm
-        started = time.monotonic()
-        response = await self.call("CopyObject", "source", partial(
-            dest.client.copy_object, Bucket=dest.bucket, Key=dest.key, **kwargs))
-        self._metrics.part_duration.labels("copy_object").observe(time.monotonic() - started)
+        response = await self.copy_object(copy_source, src.etag, dest, kwargs)
         result = response.get("CopyObjectResult", {})
         expected = src.checksum.value if (
             src.checksum is not None and src.checksum.comparable()) else None
@@ -329,6 +325,16 @@ class Transfer:
                        reported=result.get(f"Checksum{algorithm}"),
                        source_checked=expected is not None, response=response,
                        fallback="server_pinned")
+
+    async def copy_object(self, copy_source: dict[str, str], etag: str, dest: Destination,
+                          args: dict[str, Any]) -> dict[str, Any]:
+        """One CopyObject pinned to ``etag`` (the store refuses it if the source changed)."""
+        started = time.monotonic()
+        response: dict[str, Any] = await self.call("CopyObject", "source", partial(
+            dest.client.copy_object, Bucket=dest.bucket, Key=dest.key,
+            CopySource=copy_source, CopySourceIfMatch=etag, **args))
+        self._metrics.part_duration.labels("copy_object").observe(time.monotonic() - started)
+        return response
 
     async def _copy_part(self, up: MultipartUpload, copy_source: dict[str, str],
                          src: SourceObject, dest: Destination, part: Part,

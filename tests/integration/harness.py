@@ -36,10 +36,11 @@ async def run_until_idle(config_path: Path, queues: Any, *, metrics: WorkerMetri
 
 def copy_job(src_ep: str, src_bucket: str, key: str, dst_ep: str, dst_bucket: str,
              dst_key: str | None = None, *, size: int | None = None, etag: str | None = None,
-             **options: Any) -> CopyJob:
-    """A job as a test writes it; with ``size``/``etag`` as the dispatcher's listing does."""
+             storage_class: str | None = None, **options: Any) -> CopyJob:
+    """A job as a test writes it; with ``size``/``etag``/``storage_class`` as the
+    dispatcher's listing does."""
     return CopyJob(source=SourceRef(endpoint=src_ep, bucket=src_bucket, key=key, size=size,
-                                    etag=etag),
+                                    etag=etag, storage_class=storage_class),
                    destination=DestinationRef(endpoint=dst_ep, bucket=dst_bucket,
                                               key=dst_key or key),
                    options=CopyOptions(**options))
@@ -47,10 +48,11 @@ def copy_job(src_ep: str, src_bucket: str, key: str, dst_ep: str, dst_bucket: st
 
 def listed_job(client: Any, src_ep: str, src_bucket: str, key: str, dst_ep: str,
                dst_bucket: str, **kwargs: Any) -> CopyJob:
-    """A job carrying the size and ETag a listing saw (the worker's small-object fast path)."""
+    """A job carrying the size, ETag and class a listing saw (the worker's fast paths)."""
     head = client.head_object(Bucket=src_bucket, Key=key)
     return copy_job(src_ep, src_bucket, key, dst_ep, dst_bucket, size=head["ContentLength"],
-                    etag=head["ETag"], **kwargs)
+                    etag=head["ETag"], storage_class=head.get("StorageClass", "STANDARD"),
+                    **kwargs)
 
 
 def send(sqs: Any, queues: Any, jobs: Iterable[CopyJob | DeleteJob | str]) -> int:

@@ -193,6 +193,47 @@ async def test_same_endpoint_copies_server_side(
                            f"copied/{key}")
 
 
+async def test_listed_copy_within_one_store_is_one_copy_object(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """Backfill jobs inside one store (destination seen missing): the store copies headers,
+    metadata, tags and the listed class itself; a source changed since the listing is still
+    copied in its new version, by the long way."""
+    src, dst = make_bucket("global"), make_bucket("global")
+    g = s3_clients["global"]
+    seed(g, src, "plain.txt", 1000)
+    seed(g, src, "infrequent.bin", 3000, StorageClass="STANDARD_IA")
+    upload_in_parts(g, src, "parts.bin", [os.urandom(5 * MIB), os.urandom(10)])
+    seed(g, src, "changed.txt", 10)
+    keys = ("plain.txt", "infrequent.bin", "parts.bin", "changed.txt")
+    jobs = [listed_job(g, "global", src, k, "global", dst, destination_absent=True)
+            for k in keys]
+    new = seed(g, src, "changed.txt", 20)  # overwritten after it was listed
+    send(sqs_global, queues, jobs)
+    metrics = WorkerMetrics()
+
+    summary = await run_until_idle(config_path, queues, metrics=metrics)
+
+    assert dead_letters(sqs_global, queues) == {}
+    assert summary.results == {"copied": 4}
+    assert summary.strategies == {"server_copy": 4}
+    requests = metrics.s3_requests
+    # one CopyObject each; the changed one is refused (412) and copied again after its HEADs
+    assert requests.labels("CopyObject", "source")._value.get() == 5
+    assert requests.labels("HeadObject", "source")._value.get() == 1
+    # + the multipart source, whose copy gets a new ETag: its size is checked with a HEAD
+    assert requests.labels("HeadObject", "destination")._value.get() == 2
+    for key in keys:  # LocalStack's CopyObject drops Expires (AWS keeps it with COPY)
+        assert_same_object(g, src, g, dst, key, drops=frozenset({"Expires"}))
+    assert g.head_object(Bucket=dst, Key="infrequent.bin")["StorageClass"] == "STANDARD_IA"
+    assert body(g, dst, "changed.txt") == new
+
+    plain = copy_job("global", src, "plain.txt", "global", dst)  # e.g. a redelivery
+    send(sqs_global, queues, [plain])
+    again = await run_until_idle(config_path, queues)
+    assert again.skipped == {"already_copied:etag": 1}
+
+
 async def test_redelivered_job_is_skipped_not_copied_again(
         config_path: Path, queues: Any, make_bucket: Callable[[str], str],
         s3_clients: dict[str, Any], sqs_global: Any) -> None:

@@ -158,3 +158,11 @@ HEAD = {"ContentLength": 5, "ETag": '"abc"'}
 def test_same_content_trusts_fingerprints_and_full_object_checksums_only(
         source: dict[str, Any], destination: dict[str, Any], expected: str) -> None:
     assert same_content(source, destination) == expected
+
+
+def test_equal_etags_prove_content_only_within_one_store() -> None:
+    dest = {"ContentLength": 5, "ETag": '"abc"'}
+    assert same_content(HEAD, dest, same_store=True) == "etag"
+    assert same_content(HEAD, dest, same_store=False) == ""
+    assert same_content(HEAD, dest | {"ContentLength": 6}, same_store=True) == ""
+    assert same_content(HEAD, dest | {"ETag": '"abd"'}, same_store=True) == ""
