@@ -78,7 +78,9 @@ class Tools:
     # -- s3ferry ---------------------------------------------------------------------------
 
     def s3ferry_config(self, run_dir: Path, src: Side, dst: Side) -> Path:
-        tables = [s.endpoint_toml() for s in self.servers.values()]
+        # The emulators speak plain http, where SigV4 signs every uploaded byte by default;
+        # production endpoints are https, where neither tool does (see README, Settings).
+        tables = [s.endpoint_toml() + "sign_payload = false\n" for s in self.servers.values()]
         tables.append(self.servers["global"].endpoint_toml("queue"))
         tables.append(
             "[routes.bench]\n"
@@ -284,5 +286,6 @@ def rclone_config(servers: Mapping[str, LocalServer]) -> str:
             f"[{name}]", "type = s3", "provider = Other", "env_auth = false",
             f"access_key_id = {s.access_key}", f"secret_access_key = {s.secret_key}",
             f"endpoint = {s.endpoint_url}", f"region = {s.region}",
-            "force_path_style = true", "no_check_bucket = true", ""]))
+            "force_path_style = true", "no_check_bucket = true",
+            "use_unsigned_payload = true", ""]))
     return "\n".join(blocks)

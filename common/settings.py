@@ -85,6 +85,11 @@ class Endpoint(BaseModel):
     checksums: Literal["when_supported", "when_required"] = "when_supported"
     server_side_copy: bool = True
     tagging: bool = True  # false for stores whose object tagging is missing or broken
+    # SigV4 payload signing (SHA-256 of every uploaded byte). Unset: botocore's default, which
+    # signs over http:// and not over https:// when a checksum header is sent (we always send
+    # one). false: never, e.g. a plain-http store in a trusted network; the upload checksums
+    # still protect the bytes. true: always.
+    sign_payload: bool | None = None
     credentials: Credentials = DefaultCredentials()
     storage_class_map: dict[str, str] = Field(default_factory=dict)
     kms_key_id: str | None = None

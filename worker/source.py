@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+import aiohttp.payload
+from aiohttp.abc import AbstractStreamWriter
+
 from common.checksums import ObjectChecksum, combinable, from_response
 from common.errors import SourceArchived
 from common.s3errors import classify
@@ -102,15 +105,20 @@ class BufferBody(io.RawIOBase):
     """A seekable, read-only file over a part buffer, so uploads send it without a copy.
 
     botocore wraps only ``bytes`` bodies (in BytesIO); aiohttp refuses large raw buffers.
+    aiohttp sends it with :class:`BufferBodyPayload`.
     """
 
     def __init__(self, buffer: bytes | bytearray) -> None:
         super().__init__()
-        self._view = memoryview(buffer)
+        self._view = memoryview(buffer).toreadonly()
         self._pos = 0
 
     def __len__(self) -> int:
         return len(self._view)
+
+    def view(self) -> memoryview:
+        """The whole buffer, read-only, whatever the position."""
+        return self._view
 
     def readable(self) -> bool:
         return True
@@ -131,6 +139,53 @@ class BufferBody(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+SEND_CHUNK = 256 * 1024
+
+
+class BufferBodyPayload(aiohttp.payload.Payload):
+    """aiohttp's request body for a :class:`BufferBody`: slices of its buffer, sent in place.
+
+    aiohttp's generic file payload reads any file in its thread pool, 64 KiB per hop, and
+    closes it in the pool too; these bytes are already in memory. The body is sent from its
+    position when the request is built (botocore seeks it back to 0 before a retry) to its
+    end, and again from there if aiohttp resends it (a redirect). Slices of ``SEND_CHUNK``
+    let the writer drain between them, so the socket buffer never holds a second whole part.
+    The body may come wrapped in aiobotocore's ``_IOBaseWrapper`` proxy.
+    """
+
+    _autoclose = True  # nothing to release: the buffer belongs to the caller
+
+    def __init__(self, value: BufferBody, *args: Any, **kwargs: Any) -> None:
+        super().__init__(value, *args, **kwargs)
+        self._view = value.view()
+        self._start = value.tell()
+        self._size = len(self._view) - self._start
+
+    def _end(self, limit: int | None) -> int:
+        return len(self._view) if limit is None else min(len(self._view), self._start + limit)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        end = self._end(content_length)
+        for offset in range(self._start, end, SEND_CHUNK):
+            await writer.write(self._view[offset:min(offset + SEND_CHUNK, end)])
+        self._value.seek(end)  # consumed, as a file read to its end would be
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._view[self._start:]).decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return bytes(self._view[self._start:])
+
+
+# First in line: aiohttp would otherwise pick its generic file payload for any io.IOBase.
+aiohttp.payload.PAYLOAD_REGISTRY.register(BufferBodyPayload, BufferBody,
+                                          order=aiohttp.payload.Order.try_first)
 
 
 class ByteSource(Protocol):
