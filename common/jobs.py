@@ -48,6 +48,8 @@ class SourceRef(BaseModel):
     size: int | None = Field(default=None, ge=0)
     etag: str | None = None
     # The storage class the listing reported; lets a same-endpoint copy keep it without a HEAD.
+    # Added within v1: workers that predate it reject it (extra=forbid), so upgrade workers
+    # before dispatchers.
     storage_class: str | None = Field(default=None, min_length=1, max_length=64)
 
     _key = field_validator("key")(_check_key)
