@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from common.checksums import from_response
-from common.fingerprint import SOURCE_ETAG
+from common.fingerprint import holds_copy
 
 
 class Mode(StrEnum):
@@ -158,23 +158,8 @@ async def adiff(source: AsyncIterable[Entry], destination: AsyncIterable[Entry],
 
 def same_content(source_head: Mapping[str, Any], destination_head: Mapping[str, Any], *,
                  same_store: bool = False) -> str:
-    """Why the destination holds the source's bytes ("" when that cannot be shown).
-
-    The same evidence the worker trusts before skipping a copy: its own fingerprint (the
-    source ETag it stored at copy time), equal full-object checksums, or, within one store
-    (``same_store``), equal ETags. ETags are not compared across stores: what they mean
-    (MD5, multipart, KMS, a vendor's own hash) is each store's own.
-    """
-    if source_head.get("ContentLength") != destination_head.get("ContentLength"):
-        return ""
-    etag = str(source_head.get("ETag", "")).strip('"')
-    stored = (destination_head.get("Metadata") or {}).get(SOURCE_ETAG)
-    if etag and stored == etag:
-        return "fingerprint"
-    if same_store and etag and str(destination_head.get("ETag", "")).strip('"') == etag:
-        return "etag"
-    mine, theirs = from_response(source_head), from_response(destination_head)
-    if mine and theirs and mine.comparable() and theirs.comparable() and (
-            mine.algorithm, mine.value) == (theirs.algorithm, theirs.value):
-        return "checksum"
-    return ""
+    """Why the destination holds the source's bytes ("" when that cannot be shown): the
+    same evidence the worker trusts before skipping a copy (:func:`holds_copy`)."""
+    return holds_copy(destination_head, size=source_head.get("ContentLength"),
+                      etag=str(source_head.get("ETag", "")),
+                      checksum=from_response(source_head), same_store=same_store)

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from common.checksums import from_response
 from common.clients import ClientPool
 from common.errors import SourceChanged, VerificationFailed
-from common.fingerprint import SEQUENCER, SOURCE_ETAG, newer_than
+from common.fingerprint import SEQUENCER, holds_copy, newer_than
 from common.jobs import CopyJob, DeleteJob
 from common.limits import MAX_COPY_OBJECT
 from common.logs import get_logger
@@ -49,28 +48,6 @@ class JobResult:
     verified: str = ""
     reason: str = ""
     resumed: bool = False
-
-
-def already_there(src: SourceObject, head: Mapping[str, Any] | None, *,
-                  same_store: bool = False) -> str:
-    """Why the destination already holds this version ("" when it does not).
-
-    ``same_store``: source and destination are one store, where equal ETags mean equal
-    content (a server-side copy keeps a single-part object's ETag and writes no fingerprint).
-    """
-    if head is None or int(head.get("ContentLength", -1)) != src.size:
-        return ""
-    stored = (head.get("Metadata") or {}).get(SOURCE_ETAG)
-    if stored is not None and stored == src.etag.strip('"'):
-        return "fingerprint"
-    if same_store and str(head.get("ETag", "")).strip('"') == src.etag.strip('"'):
-        return "etag"
-    theirs = from_response(head)
-    mine = src.checksum
-    if mine and theirs and mine.comparable() and theirs.full_object and (
-            mine.algorithm, mine.value) == (theirs.algorithm, theirs.value):
-        return "checksum"
-    return ""
 
 
 def stale(sequencer: str | None, head: Mapping[str, Any] | None) -> bool:
@@ -201,7 +178,8 @@ class Replicator:
             log.info("source_newer_than_job")
         if stale(job.options.sequencer, head):
             return JobResult(result="skipped", reason="stale_event")
-        if why := already_there(src, head, same_store=same_store):
+        if why := holds_copy(head, size=src.size, etag=src.etag, checksum=src.checksum,
+                             same_store=same_store):
             return JobResult(result="skipped", reason=f"already_copied:{why}")
         return None
 
