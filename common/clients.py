@@ -251,6 +251,7 @@ class ClientPool:
         self._pool = pool
         self._stack = AsyncExitStack()
         self._clients: dict[tuple[str, str], Any] = {}
+        self._sessions: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> ClientPool:
@@ -259,6 +260,7 @@ class ClientPool:
 
     async def __aexit__(self, *exc: object) -> None:
         self._clients.clear()
+        self._sessions.clear()
         await self._stack.__aexit__(None, None, None)
 
     def endpoint(self, name: str) -> Endpoint:
@@ -278,7 +280,7 @@ class ClientPool:
                 return client
             ep = self.endpoint(name)
             try:
-                session: Any = async_session(ep)
+                session = self._session(name)
                 client = await self._stack.enter_async_context(session.client(
                     service, endpoint_url=ep.endpoint_url,
                     config=botocore_config(ep, pool=self._pool, config_cls=AioConfig)))
@@ -286,3 +288,19 @@ class ClientPool:
                 raise ConfigError(f"endpoint {name!r}: {exc}") from exc
             self._clients[key] = speed_up(client)
         return client
+
+    def _session(self, name: str) -> Any:
+        session = self._sessions.get(name)
+        if session is None:
+            session = self._sessions[name] = async_session(self.endpoint(name))
+        return session
+
+    async def credentials(self, name: str) -> Any:
+        """The endpoint's botocore credentials object (refreshing ones refresh), or None.
+
+        Callers take ``await creds.get_frozen_credentials()`` per request and never log it.
+        """
+        try:
+            return await self._session(name).get_credentials()
+        except ProfileNotFound as exc:
+            raise ConfigError(f"endpoint {name!r}: {exc}") from exc

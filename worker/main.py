@@ -19,6 +19,7 @@ from worker.consumer import Consumer, Summary
 from worker.planner import Limits
 from worker.replicate import Replicator
 from worker.transfer import Transfer
+from worker.wire import WireClients
 
 log = get_logger(__name__)
 
@@ -39,11 +40,13 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
     w = settings.worker
     metrics = metrics or WorkerMetrics()
     retry = RetryPolicy(attempts=w.retry_attempts, max_seconds=w.retry_max_seconds)
-    async with ClientPool(settings.endpoints, pool=w.max_parts + w.max_jobs) as clients:
+    pool = w.max_parts + w.max_jobs
+    async with (ClientPool(settings.endpoints, pool=pool) as clients,
+                WireClients(clients, pool=pool) as s3):
         sqs = await clients.get(settings.queue_endpoint, "sqs")
         transfer = Transfer(part_slots=asyncio.Semaphore(w.max_parts), metrics=metrics,
                             retry=retry, request_timeout=w.request_timeout)
-        replicator = replicator_cls(clients=clients, transfer=transfer,
+        replicator = replicator_cls(clients=s3, transfer=transfer,
                                 limits=limits_from(settings), metrics=metrics, retry=retry)
         consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,
                             replicator=replicator, settings=w, metrics=metrics)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from common.clients import ClientPool
 from common.errors import SourceChanged, VerificationFailed
 from common.fingerprint import SEQUENCER, holds_copy, newer_than
 from common.jobs import CopyJob, DeleteJob
@@ -36,6 +35,7 @@ from worker.planner import Limits, Strategy, fits_layout, plan
 from worker.source import ARCHIVE_CLASSES, ByteSource, S3Source, SourceObject
 from worker.transfer import Destination, Transfer, Written, most_significant
 from worker.verify import verify_head, verify_response
+from worker.wire import WireClients
 
 log = get_logger(__name__)
 
@@ -71,7 +71,7 @@ def direct_copy_allowed(job: CopyJob, limits: Limits, *, first_attempt: bool) ->
 class Replicator:
     """Executes jobs with shared clients, limits and metrics (one per worker process)."""
 
-    def __init__(self, *, clients: ClientPool, transfer: Transfer, limits: Limits,
+    def __init__(self, *, clients: WireClients, transfer: Transfer, limits: Limits,
                  metrics: WorkerMetrics, retry: RetryPolicy) -> None:
         self._clients = clients
         self._transfer = transfer
