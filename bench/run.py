@@ -377,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="s3ferry-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        with LocalBed(workdir / "bed", partitions=("global", "china"), rclone=False) as bed:
+        with LocalBed(workdir / "bed", partitions=("global", "china", "queues"),
+                      rclone=False) as bed:
             _say(f"local partitions up in {bed.startup_seconds:.1f} s; workdir {workdir}")
             try:
                 result = run_bench(bed.servers, plan, out_dir=args.out, workdir=workdir)

@@ -65,11 +65,16 @@ class Tools:
         self.worker_env = dict(worker_env)
         self.s3 = {name: boto3.client("s3", config=s.boto_config(max_pool_connections=64),
                                       **s.client_kwargs()) for name, s in servers.items()}
-        queue = self.servers["global"]
+        queue = self.queue_server()
         self.sqs = boto3.client("sqs", config=queue.boto_config(), **queue.client_kwargs())
         workdir.mkdir(parents=True, exist_ok=True)
         self.rclone_conf = workdir / "rclone.conf"
         self.rclone_conf.write_text(rclone_config(self.servers))
+
+    def queue_server(self) -> LocalServer:
+        """Where the job queues live: their own emulator when the bed runs one (SQS is not
+        S3's service in AWS either), else the global partition."""
+        return self.servers.get("queues") or self.servers["global"]
 
     def close(self) -> None:
         for client in (*self.s3.values(), self.sqs):
@@ -81,7 +86,7 @@ class Tools:
         # The emulators speak plain http, where SigV4 signs every uploaded byte by default;
         # production endpoints are https, where neither tool does (see README, Settings).
         tables = [s.endpoint_toml() + "sign_payload = false\n" for s in self.servers.values()]
-        tables.append(self.servers["global"].endpoint_toml("queue"))
+        tables.append(self.queue_server().endpoint_toml("queue"))
         tables.append(
             "[routes.bench]\n"
             f'source = {{ endpoint = "{src.endpoint}", bucket = "{src.bucket}" }}\n'

@@ -69,6 +69,10 @@ _LOCALSTACK_SECRET = "test"
 PARTITIONS: Mapping[str, _Identity] = {
     "global": _Identity("us-east-1", "GLOBALKEY", _LOCALSTACK_SECRET),
     "china": _Identity("cn-north-1", "CHINAKEY", _LOCALSTACK_SECRET),
+    # Only the job queues, for the bench: in AWS, SQS is a service of its own and its load
+    # never slows S3; one emulator process (one GIL) for both would charge the queue's
+    # traffic to the store every copier uses.
+    "queues": _Identity("us-east-1", "QUEUEKEY", _LOCALSTACK_SECRET),
 }
 RCLONE_IDENTITY = _Identity("us-east-1", "RCLONEKEY", "rclonesecret")
 
@@ -270,11 +274,12 @@ class LocalBed:
     # -- configuration ---------------------------------------------------------------------
 
     def config_toml(self) -> str:
-        """A complete s3ferry config: every server, plus ``queue`` = the global partition."""
+        """A complete s3ferry config: every server, plus ``queue`` = the ``queues`` partition
+        when it runs, else the global one."""
         if not self.servers:
             raise LocalBedError("the bed is not started")
         tables = [server.endpoint_toml() for server in self.servers.values()]
-        sqs_home = self.servers.get("global") or next(
+        sqs_home = self.servers.get("queues") or self.servers.get("global") or next(
             (s for s in self.servers.values() if s.has_sqs), None)
         if sqs_home is not None:
             tables.append(sqs_home.endpoint_toml("queue"))
