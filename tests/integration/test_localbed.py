@@ -16,7 +16,7 @@ from awscrt import checksums
 from botocore.exceptions import ClientError
 
 from common.settings import StaticCredentials, load_settings
-from s3ferry.localbed import LocalBed, LocalBedError, free_port
+from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port
 
 MIB = 1024 * 1024
 SERVERS = ["global", "china", "rclone"]
@@ -173,3 +173,19 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize(("partitions", "home"), [(("global", "china", "queues"), "queues"),
+                                                  (("global", "china"), "global")])
+def test_the_queue_lives_in_the_queues_partition_when_it_runs(
+        tmp_path: Path, partitions: tuple[str, ...], home: str) -> None:
+    bed = LocalBed(tmp_path, partitions=partitions, rclone=False)
+    bed.servers = {name: LocalServer(name=name, kind="localstack",
+                                     endpoint_url=f"http://127.0.0.1:{4000 + i}",
+                                     region="us-east-1", access_key=name.upper(),
+                                     secret_key="test", has_sqs=True)
+                   for i, name in enumerate(partitions)}
+    path = tmp_path / "s3ferry.toml"
+    path.write_text(bed.config_toml())
+    settings = load_settings(path)
+    assert settings.endpoint("queue").endpoint_url == bed.servers[home].endpoint_url
