@@ -15,6 +15,7 @@ from common.logs import get_logger
 from common.metrics import WorkerMetrics, start_process
 from common.retry import RetryPolicy
 from common.settings import Settings, load_settings
+from worker.budget import ByteBudget
 from worker.consumer import Consumer, Summary
 from worker.planner import Limits
 from worker.replicate import Replicator
@@ -26,7 +27,8 @@ log = get_logger(__name__)
 
 def limits_from(settings: Settings) -> Limits:
     w = settings.worker
-    return Limits(part_size=w.part_size, multipart_threshold=w.multipart_threshold,
+    return Limits(part_size=w.part_size, part_budget=w.part_size * w.max_parts,
+                  multipart_threshold=w.multipart_threshold,
                   server_copy_threshold=w.server_copy_threshold,
                   server_part_size=w.server_part_size)
 
@@ -44,7 +46,8 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
     async with (ClientPool(settings.endpoints, pool=pool) as clients,
                 WireClients(clients, pool=pool) as s3):
         sqs = await clients.get(settings.queue_endpoint, "sqs")
-        transfer = Transfer(part_slots=asyncio.Semaphore(w.max_parts), metrics=metrics,
+        budget = ByteBudget(units=w.max_parts, unit_bytes=w.part_size)
+        transfer = Transfer(budget=budget, metrics=metrics,
                             retry=retry, request_timeout=w.request_timeout)
         replicator = replicator_cls(clients=s3, transfer=transfer,
                                 limits=limits_from(settings), metrics=metrics, retry=retry)

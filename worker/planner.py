@@ -6,8 +6,8 @@ It makes no calls; :mod:`worker.transfer` only executes what it decides. Rules:
   ``server_copy`` (CopyObject, <= 5 GiB and below ``server_copy_threshold``) or
   ``server_multipart`` (UploadPartCopy in parallel);
 * different endpoints: ``stream_put`` (one GET, one PUT) for small objects, otherwise
-  ``stream_multipart`` (ranged GET -> UploadPart, parts in parallel, memory bounded by
-  part size x parts in flight, no temporary files).
+  ``stream_multipart`` (ranged GET -> UploadPart, parts in parallel, memory bounded by the
+  worker's byte budget, no temporary files); objects of many parts get larger parts.
 
 Part sizes honour S3's limits: at most 10,000 parts, each 5 MiB..5 GiB (the last smaller).
 """
@@ -50,6 +50,7 @@ class Limits:
     """Tunables; S3's own limits are constants in :mod:`common.limits`."""
 
     part_size: int = 8 * MIB
+    part_budget: int = 16 * 8 * MIB  # buffered bytes per worker (max_parts x part_size)
     multipart_threshold: int = 16 * MIB
     server_copy_threshold: int = 1 * GIB
     server_part_size: int = 256 * MIB
@@ -96,6 +97,23 @@ def part_size_for(size: int, preferred: int) -> int:
     return min(chosen, MAX_PART_SIZE)
 
 
+# Objects that would need more parts than this get larger ones (doubling), as long as at
+# least MIN_PARTS_IN_FLIGHT of them still fit in the byte budget: fewer requests for the same
+# memory (a 2 GiB object: 128 x 16 MiB rather than 256 x 8 MiB with a 128 MiB budget).
+GROW_ABOVE_PARTS = 128
+MIN_PARTS_IN_FLIGHT = 8
+
+
+def preferred_part_size(size: int, limits: Limits) -> int:
+    """``limits.part_size``, doubled while the object needs more than GROW_ABOVE_PARTS parts
+    and MIN_PARTS_IN_FLIGHT of the larger ones still fit in ``limits.part_budget``."""
+    chosen = limits.part_size
+    while (-(-size // chosen) > GROW_ABOVE_PARTS
+           and 2 * chosen * MIN_PARTS_IN_FLIGHT <= limits.part_budget):
+        chosen *= 2
+    return chosen
+
+
 def split(size: int, part_size: int) -> tuple[Part, ...]:
     """Cover ``size`` bytes with parts of ``part_size`` (the last one smaller)."""
     if size == 0:
@@ -132,5 +150,5 @@ def plan(*, size: int, server_side: bool, limits: Limits,
         return Plan(Strategy.SERVER_MULTIPART, size, ps, split(size, ps))
     if size <= min(limits.multipart_threshold, MAX_SINGLE_PUT):
         return Plan(Strategy.STREAM_PUT, size, size, ())
-    ps = layout or part_size_for(size, limits.part_size)
+    ps = layout or part_size_for(size, preferred_part_size(size, limits))
     return Plan(Strategy.STREAM_MULTIPART, size, ps, split(size, ps))

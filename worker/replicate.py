@@ -131,7 +131,7 @@ class Replicator:
         """GET the whole object (pinned to the listed ETag) while HEADing the destination,
         or without the HEAD on a first attempt at a destination the listing saw missing."""
         assert job.source.etag is not None
-        async with self._transfer.slot():
+        async with self._transfer.room(job.source.size or 0):
             try:
                 async with asyncio.TaskGroup() as group:
                     fetched = group.create_task(self._transfer.call(

@@ -20,6 +20,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -31,6 +32,7 @@ from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy, retrying
 from common.s3errors import classify, error_code
 from common.settings import Endpoint
+from worker.budget import ByteBudget
 from worker.multipart import MultipartUpload, UploadedPart
 from worker.planner import Part, Plan, Strategy, split
 from worker.source import BufferBody, ByteSource, SourceObject
@@ -141,11 +143,11 @@ async def gather_parts(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 class Transfer:
-    """Runs plans. One per worker: ``part_slots`` is shared by every job in the process."""
+    """Runs plans. One per worker: ``budget`` (buffered bytes) is shared by every job."""
 
-    def __init__(self, *, part_slots: asyncio.Semaphore, metrics: WorkerMetrics,
+    def __init__(self, *, budget: ByteBudget, metrics: WorkerMetrics,
                  retry: RetryPolicy, request_timeout: float = 300.0) -> None:
-        self._slots = part_slots
+        self._budget = budget
         self._timeout = request_timeout
         self._metrics = metrics
         self._retry_policy = retry
@@ -197,13 +199,13 @@ class Transfer:
                            reason="corrupt_transfer")
         return data
 
-    def slot(self) -> asyncio.Semaphore:
-        """One unit of the process-wide buffer budget (a part or a small object)."""
-        return self._slots
+    def room(self, nbytes: int) -> AbstractAsyncContextManager[None]:
+        """Room for ``nbytes`` in the process-wide buffer budget, held while the block runs."""
+        return self._budget.take(nbytes)
 
     async def _stream_put(self, source: ByteSource, src: SourceObject, dest: Destination,
                           args: dict[str, Any]) -> Written:
-        async with self._slots:
+        async with self._budget.take(src.size):
             data = await self._read(source, src, None)
             return await self.put_bytes(src, data, dest, args)
 
@@ -232,7 +234,7 @@ class Transfer:
 
     async def _stream_part(self, up: MultipartUpload, source: ByteSource, src: SourceObject,
                            dest: Destination, part: Part, algorithm: str) -> UploadedPart:
-        async with self._slots:
+        async with self._budget.take(part.length):
             started = time.monotonic()
             data = await self._read(source, src, part)
             computed = checksums.compute(algorithm, data)
@@ -339,7 +341,7 @@ class Transfer:
     async def _copy_part(self, up: MultipartUpload, copy_source: dict[str, str],
                          src: SourceObject, dest: Destination, part: Part,
                          algorithm: str | None) -> UploadedPart:
-        async with self._slots:
+        async with self._budget.take(0):  # no bytes here: one unit bounds the concurrency
             started = time.monotonic()
             response = await self.call("UploadPartCopy", "source", partial(
                 dest.client.upload_part_copy, Bucket=dest.bucket, Key=dest.key,

@@ -49,7 +49,7 @@ def test_single_put_never_planned_above_5_gib() -> None:
 def test_5_gib_boundary_object_streams_in_parts_within_limits() -> None:
     p = plan(size=5 * GIB, server_side=False, limits=LIMITS)
     assert p.strategy is Strategy.STREAM_MULTIPART
-    assert len(p.parts) == 640
+    assert len(p.parts) == 320  # 16 MiB parts: 8 of them fit the default 128 MiB budget
     assert all(MIN_PART_SIZE <= part.length <= MAX_PART_SIZE for part in p.parts)
 
 
@@ -87,3 +87,20 @@ def test_parts_cover_every_byte_once_within_s3_limits(size: int, preferred: int)
         assert all(a.end + 1 == b.start for a, b in pairwise(parts))
         assert all(p.length == ps for p in parts[:-1]) and 0 < parts[-1].length <= ps
         assert [p.number for p in parts] == list(range(1, len(parts) + 1))
+
+
+@pytest.mark.parametrize(("size", "budget", "expected"), [
+    (2 * GIB, 128 * MIB, 16 * MIB),  # 256 parts of 8 MiB -> 128 of 16 MiB, 8 fit in flight
+    (64 * MIB, 128 * MIB, 8 * MIB),  # few parts: unchanged
+    (1 * GIB, 128 * MIB, 8 * MIB),  # exactly 128 parts: unchanged
+    (50 * GIB, 128 * MIB, 16 * MIB),  # grows only while 8 parts still fit in the budget
+    (50 * GIB, 1024 * MIB, 128 * MIB),
+    (2 * GIB, 64 * MIB, 8 * MIB),  # a small budget keeps the configured size
+])
+def test_objects_of_many_parts_get_larger_parts_within_the_budget(
+        size: int, budget: int, expected: int) -> None:
+    limits = Limits(part_size=8 * MIB, part_budget=budget, multipart_threshold=16 * MIB)
+    p = plan(size=size, server_side=False, limits=limits)
+    assert p.part_size == expected
+    assert sum(part.length for part in p.parts) == size
+    assert p.part_size == 8 * MIB or p.part_size * 8 <= budget  # 8 in flight fit
