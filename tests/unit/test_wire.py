@@ -378,3 +378,10 @@ async def test_the_probe_never_leaves_the_process_and_other_heads_still_do() -> 
     assert [seen.raw_path for seen in s3.seen] == ["/bkt/k", "/bkt/k"]
     assert s3.seen[0].headers["user-agent"] == wire.USER_AGENT
     assert s3.seen[1].headers["user-agent"] != wire.USER_AGENT
+
+
+async def test_a_bucket_botocore_refuses_gets_botocores_error_and_nothing_is_sent() -> None:
+    async with fake_s3() as s3, both(endpoint(s3.url)) as (_, fast):
+        with pytest.raises(ParamValidationError, match="Invalid bucket name"):
+            await fast.head_object(Bucket="not/a bucket", Key="k")
+    assert s3.seen == []
