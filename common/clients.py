@@ -63,7 +63,12 @@ def _credential_kwargs(ep: Endpoint) -> dict[str, Any]:
     return {}
 
 
-def botocore_config(ep: Endpoint, *, pool: int | None = None, read_timeout: float = 60.0,
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 60.0
+
+
+def botocore_config(ep: Endpoint, *, pool: int | None = None,
+                    read_timeout: float = READ_TIMEOUT_SECONDS,
                     config_cls: type[Config] = Config) -> Config:
     s3: Any = {"addressing_style": ep.addressing_style}  # botocore's _S3Dict
     if ep.sign_payload is not None:
@@ -75,7 +80,7 @@ def botocore_config(ep: Endpoint, *, pool: int | None = None, read_timeout: floa
         response_checksum_validation=ep.checksums,
         max_pool_connections=pool or ep.max_pool_connections,
         retries={"max_attempts": 1, "mode": "standard"},  # we retry, classified, ourselves
-        connect_timeout=10,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=read_timeout,
         tcp_keepalive=True,
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,7 +46,8 @@ from botocore.httpsession import create_urllib3_context, get_cert_path
 from botocore.parsers import create_parser
 from botocore.utils import get_environ_proxies
 
-from common.clients import ClientPool
+from common import checksums
+from common.clients import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, ClientPool
 from common.settings import Endpoint
 from worker.answers import AnswerReader
 from worker.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, canonical_query
@@ -58,8 +59,7 @@ OPERATIONS = {"get_object": "GetObject", "head_object": "HeadObject",
 _UNSUPPORTED = frozenset({"SSECustomerKey", "SSECustomerKeyMD5", "SSECustomerAlgorithm",
                           "CopySourceSSECustomerKey", "CopySourceSSECustomerKeyMD5",
                           "CopySourceSSECustomerAlgorithm"})
-_CHECKSUM_MEMBERS = frozenset({"ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME",
-                               "ChecksumSHA1", "ChecksumSHA256"})
+_CHECKSUM_MEMBERS = frozenset(f"Checksum{a}" for a in checksums.ALL_ALGORITHMS)
 _REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed",
                              "IllegalLocationConstraintException", "301", "307"})
 USER_AGENT = "s3ferry-wire"
@@ -263,12 +263,11 @@ class WireS3:
     """A botocore S3 client whose hot-path calls go straight over HTTP (see module doc)."""
 
     def __init__(self, client: Any, *, endpoint: Endpoint, credentials: Any,
-                 http: aiohttp.ClientSession, now: Callable[[], datetime] | None = None) -> None:
+                 http: aiohttp.ClientSession) -> None:
         self._client = client
         self._endpoint = endpoint
         self._credentials = credentials
         self._http = http
-        self._now = now or partial(datetime.now, UTC)
         self._parser = create_parser("rest-xml")
         self._targets: dict[str, Target | None] = {}
         model = client.meta.service_model
@@ -357,14 +356,14 @@ class WireS3:
 
     async def _send(self, op: _Operation, request: Request,
                     target: Target) -> tuple[int, dict[str, Any]]:
-        path = target.path_prefix + quote(request.key, safe="/~")
+        key = quote(request.key, safe="/~")
         query = canonical_query(request.query)
-        url = target.base + quote(request.key, safe="/~") + (f"?{query}" if query else "")
+        url = target.base + key + (f"?{query}" if query else "")
         headers = {"host": target.host, **request.headers}
         signed = target.signer.sign(
-            method=op.method, path=path, query=query, headers=headers,
+            method=op.method, path=target.path_prefix + key, query=query, headers=headers,
             payload_hash=self._payload_hash(request, url), keys=await self._keys(),
-            now=self._now())
+            now=datetime.now(UTC))
         signed["User-Agent"] = USER_AGENT
         signed["Accept-Encoding"] = "identity"
         body: Any = request.body
@@ -411,7 +410,8 @@ def wire_session(endpoint: Endpoint, *, pool: int, read_timeout: float) -> aioht
         ssl.load_verify_locations(get_cert_path(bundle))
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=pool, ssl=ssl),
-        timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=read_timeout),
+        timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_SECONDS,
+                                      sock_read=read_timeout),
         skip_auto_headers={"Content-Type"}, auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar())
 
@@ -420,7 +420,8 @@ class WireClients:
     """The worker's S3 clients: each endpoint's botocore client, behind a :class:`WireS3`
     unless the endpoint says ``direct_requests = false``."""
 
-    def __init__(self, clients: ClientPool, *, pool: int, read_timeout: float = 60.0) -> None:
+    def __init__(self, clients: ClientPool, *, pool: int,
+                 read_timeout: float = READ_TIMEOUT_SECONDS) -> None:
         self._clients = clients
         self._pool = pool
         self._read_timeout = read_timeout
