@@ -69,9 +69,8 @@ async def test_backfill_fans_out_to_two_endpoints_and_a_rerun_enqueues_nothing(
         config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
         s3_clients: dict[str, Any], sqs_global: Any) -> None:
     src, china, rclone = make_bucket("global"), make_bucket("china"), make_bucket("rclone")
-    # Flat on purpose: rclone serve s3 lists keys spread over hundreds of directories very
-    # slowly once they were written through it (minutes for 300), which is not ours to test.
-    objects = {f"data/obj-{i:04d}.bin": os.urandom(i % 97) for i in range(150)}
+    # Spread over 50 directories: rclone serve s3 stores them as real directories.
+    objects = {f"data/d{i % 50:02d}/obj-{i:04d}.bin": os.urandom(i % 97) for i in range(150)}
     objects |= {f"data/{k}": k.encode() for k in AWKWARD}
     put_many(s3_clients["global"], src, objects
              | {"other/outside.txt": b"x", "data/skip-me.tmp": b"tmp"})
