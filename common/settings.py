@@ -118,6 +118,9 @@ class WorkerSettings(BaseModel):
 
     model_config = _FROZEN
     max_jobs: int = Field(default=8, ge=1, le=512)
+    # ReceiveMessage calls kept going at once; 0 = one per 10 job slots, at most 4. One
+    # receive at a time caps a worker at 10 messages per round trip to SQS.
+    receivers: int = Field(default=0, ge=0, le=16)
     max_parts: int = Field(default=16, ge=1, le=512)
     part_size: int = Field(default=8 * MIB, ge=5 * MIB)
     multipart_threshold: int = Field(default=16 * MIB, ge=5 * MIB)

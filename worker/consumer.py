@@ -1,10 +1,12 @@
 """The SQS side of the worker: leases in, outcomes out.
 
 * Capacity first: a job slot is acquired before ReceiveMessage, so a busy worker never holds
-  messages it cannot start (they stay visible to other workers).
+  messages it cannot start (they stay visible to other workers). Several receive loops share
+  the slots (``receivers``), so receiving is not one round trip per 10 messages.
 * A message is a lease: a short visibility timeout, extended by one heartbeat loop for every
   message in flight (ChangeMessageVisibilityBatch), never past SQS's 12 h cap.
-* Acks are batched (DeleteMessageBatch) and each batch's ``Failed`` list is checked.
+* Acks are batched (DeleteMessageBatch), a few batches in flight at once, and each batch's
+  ``Failed`` list is checked.
 * Outcomes: done -> delete; bad message / permanent error / archived source -> dead-letter queue
   with a ``reason`` attribute, then delete; transient -> release with a backoff, and to the
   dead-letter queue once ``max_attempts`` receives are spent; vanished source -> recorded, delete.
@@ -42,6 +44,8 @@ from worker.replicate import JobResult, Replicator
 
 log = get_logger(__name__)
 MAX_ERROR_TEXT = 1000
+MAX_AUTO_RECEIVERS = 4
+ACKS_IN_FLIGHT = 4  # DeleteMessageBatch calls at once
 
 
 @dataclass
@@ -87,8 +91,12 @@ class Consumer:
         self._metrics = metrics
         self._slots = asyncio.Semaphore(settings.max_jobs)
         self._stopping = asyncio.Event()
+        self._idle_exit = False
         self._tasks: dict[asyncio.Task[None], Lease] = {}
         self._acks: asyncio.Queue[Lease] = asyncio.Queue()
+        self._ack_room = asyncio.Semaphore(ACKS_IN_FLIGHT)
+        self.receivers = settings.receivers or min(
+            MAX_AUTO_RECEIVERS, -(-settings.max_jobs // SQS_MAX_BATCH))
         self.summary = Summary()
 
     def stop(self) -> None:
@@ -103,7 +111,7 @@ class Consumer:
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         acker = asyncio.create_task(self._ack_loop())
         try:
-            await self._receive_loop()
+            await asyncio.gather(*(self._receive_loop() for _ in range(self.receivers)))
             await self._drain()
         finally:
             heartbeat.cancel()
@@ -152,10 +160,20 @@ class Consumer:
             elif not self._tasks:
                 idle += 1
                 if self._settings.exit_when_idle and idle >= self._settings.idle_polls:
-                    if await self._queue_drained():
-                        log.info("queue_idle_exiting")
+                    if await self._idle_exit_now():
                         break
                     idle = 0
+
+    async def _idle_exit_now(self) -> bool:
+        """After empty polls: end every receive loop if the queue holds nothing at all."""
+        # another receive loop may have started jobs meanwhile
+        if not await self._queue_drained() or self._tasks:
+            return False
+        if not self._stopping.is_set():
+            log.info("queue_idle_exiting")
+            self._idle_exit = True  # no drain deadline for what raced in
+            self._stopping.set()  # ends the other receive loops too
+        return True
 
     async def _until_stopped(self, aw: Any) -> Any:
         """Await ``aw`` unless a stop comes first (then cancel it and return None)."""
@@ -324,17 +342,28 @@ class Consumer:
             log.warning("release_failed", error=scrub_text(str(exc)))
 
     async def _ack_loop(self) -> None:
-        while True:
-            batch = [await self._acks.get()]
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with asyncio.timeout(0.05):
-                    while len(batch) < SQS_MAX_BATCH:
-                        batch.append(await self._acks.get())
-            try:
-                await self._delete_batch(batch)
-            finally:
-                for _ in batch:
-                    self._acks.task_done()
+        batches: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                batch = [await self._acks.get()]
+                with contextlib.suppress(asyncio.TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        while len(batch) < SQS_MAX_BATCH:
+                            batch.append(await self._acks.get())
+                await self._ack_room.acquire()
+                task = asyncio.create_task(self._ack_batch(batch))
+                batches.add(task)
+                task.add_done_callback(batches.discard)
+        finally:  # cancelled once every ack is done (run() joins the queue first)
+            await asyncio.gather(*batches, return_exceptions=True)
+
+    async def _ack_batch(self, batch: list[Lease]) -> None:
+        try:
+            await self._delete_batch(batch)
+        finally:
+            self._ack_room.release()
+            for _ in batch:
+                self._acks.task_done()
 
     async def _delete_batch(self, batch: list[Lease]) -> None:
         entries = [{"Id": str(i), "ReceiptHandle": lease.receipt}
@@ -383,8 +412,9 @@ class Consumer:
         if not self._tasks:
             return
         log.info("draining", in_flight=len(self._tasks),
-                 deadline_seconds=self._settings.drain_seconds)
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._settings.drain_seconds)
+                 deadline_seconds=None if self._idle_exit else self._settings.drain_seconds)
+        deadline = None if self._idle_exit else self._settings.drain_seconds
+        _, pending = await asyncio.wait(set(self._tasks), timeout=deadline)
         if not pending:
             return
         leases = [self._tasks[t] for t in pending if t in self._tasks]

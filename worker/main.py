@@ -60,7 +60,8 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
             consumer_ready.set_result(consumer)
         try:
             log.info("worker_started", queue_endpoint=settings.queue_endpoint,
-                     max_jobs=w.max_jobs, max_parts=w.max_parts, part_size=w.part_size)
+                     max_jobs=w.max_jobs, max_parts=w.max_parts, part_size=w.part_size,
+                     receivers=consumer.receivers)
             summary = await consumer.run()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
