@@ -111,7 +111,7 @@ class Consumer:
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         acker = asyncio.create_task(self._ack_loop())
         try:
-            await asyncio.gather(*(self._receive_loop() for _ in range(self.receivers)))
+            await self._receive_loops()
             await self._drain()
         finally:
             heartbeat.cancel()
@@ -119,6 +119,15 @@ class Consumer:
             acker.cancel()
             await asyncio.gather(heartbeat, acker, return_exceptions=True)
         return self.summary
+
+    async def _receive_loops(self) -> None:
+        loops = [asyncio.create_task(self._receive_loop()) for _ in range(self.receivers)]
+        try:
+            await asyncio.gather(*loops)
+        except BaseException:  # a bug in one loop: the others stop cleanly, handing back
+            self._stopping.set()  # what they had just received
+            await asyncio.gather(*loops, return_exceptions=True)
+            raise
 
     async def _take_slots(self) -> int:
         """Wait for one free job slot, then take every other free one (up to a batch)."""
@@ -411,9 +420,8 @@ class Consumer:
     async def _drain(self) -> None:
         if not self._tasks:
             return
-        log.info("draining", in_flight=len(self._tasks),
-                 deadline_seconds=None if self._idle_exit else self._settings.drain_seconds)
         deadline = None if self._idle_exit else self._settings.drain_seconds
+        log.info("draining", in_flight=len(self._tasks), deadline_seconds=deadline)
         _, pending = await asyncio.wait(set(self._tasks), timeout=deadline)
         if not pending:
             return

@@ -154,3 +154,24 @@ async def test_stop_ends_every_receive_loop_and_hands_back_nothing_twice() -> No
 
     assert copies.keys == Counter({f"k{i}": 1 for i in range(30)})
     assert sqs.visible == [] and sqs.in_flight == {}
+
+
+async def test_a_failing_receive_loop_stops_the_others_and_leaves_no_receive_behind() -> None:
+    class Broken(MemorySqs):
+        async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+            call = self.receive_calls + 1
+            answer = await super().receive_message(**kwargs)
+            if call == 3:  # an answer without a receipt handle: a bug of ours to meet
+                del answer["Messages"][0]["ReceiptHandle"]
+            return answer
+
+    sqs, copies = Broken(bodies(200)), Copies()
+
+    with pytest.raises(KeyError):
+        await consume(sqs, copies, max_jobs=40)
+
+    loops = [t for t in asyncio.all_tasks()
+             if t.get_coro().__qualname__ == "Consumer._receive_loop"]  # type: ignore[union-attr]
+    assert loops == []  # every receive loop ended, none left receiving on its own
+    assert sqs.receives.now == 0
+    assert sqs.receive_calls >= 4
