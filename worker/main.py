@@ -25,9 +25,9 @@ from worker.wire import WireClients
 log = get_logger(__name__)
 
 
-def limits_from(settings: Settings) -> Limits:
+def limits_from(settings: Settings, budget: ByteBudget) -> Limits:
     w = settings.worker
-    return Limits(part_size=w.part_size, part_budget=w.part_size * w.max_parts,
+    return Limits(part_size=w.part_size, part_budget=budget.units * budget.unit_bytes,
                   multipart_threshold=w.multipart_threshold,
                   server_copy_threshold=w.server_copy_threshold,
                   server_part_size=w.server_part_size)
@@ -50,7 +50,7 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
         transfer = Transfer(budget=budget, metrics=metrics,
                             retry=retry, request_timeout=w.request_timeout)
         replicator = replicator_cls(clients=s3, transfer=transfer,
-                                limits=limits_from(settings), metrics=metrics, retry=retry)
+                                limits=limits_from(settings, budget), metrics=metrics, retry=retry)
         consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,
                             replicator=replicator, settings=w, metrics=metrics)
         loop = asyncio.get_running_loop()

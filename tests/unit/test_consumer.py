@@ -102,11 +102,14 @@ def bodies(n: int) -> list[str]:
             for i in range(n)]
 
 
+def consumer_for(sqs: MemorySqs, copies: Copies, **settings: Any) -> Consumer:
+    return Consumer(sqs=sqs, queue_url="q", dlq_url="dlq", replicator=copies,  # type: ignore[arg-type]
+                    settings=WorkerSettings(wait_time_seconds=0, **settings),
+                    metrics=WorkerMetrics(CollectorRegistry()))
+
+
 async def consume(sqs: MemorySqs, copies: Copies, **settings: Any) -> Consumer:
-    consumer = Consumer(sqs=sqs, queue_url="q", dlq_url="dlq", replicator=copies,  # type: ignore[arg-type]
-                        settings=WorkerSettings(exit_when_idle=True, wait_time_seconds=0,
-                                                **settings),
-                        metrics=WorkerMetrics(CollectorRegistry()))
+    consumer = consumer_for(sqs, copies, exit_when_idle=True, **settings)
     await asyncio.wait_for(consumer.run(), timeout=30)
     return consumer
 
@@ -143,9 +146,7 @@ async def test_every_receive_loop_ends_when_the_queue_is_empty() -> None:
 
 async def test_stop_ends_every_receive_loop_and_hands_back_nothing_twice() -> None:
     sqs, copies = MemorySqs(bodies(30)), Copies()
-    consumer = Consumer(sqs=sqs, queue_url="q", dlq_url="dlq", replicator=copies,  # type: ignore[arg-type]
-                        settings=WorkerSettings(max_jobs=40, wait_time_seconds=0),
-                        metrics=WorkerMetrics(CollectorRegistry()))
+    consumer = consumer_for(sqs, copies, max_jobs=40)
     run = asyncio.create_task(consumer.run())
     await asyncio.wait_for(sqs.emptied.wait(), timeout=30)
     consumer.stop()
