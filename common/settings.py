@@ -16,7 +16,8 @@ optional TOML file (``S3FERRY_CONFIG``) that names endpoints::
     [endpoints.global.storage_class_map]        # optional, per destination
     GLACIER = "STANDARD"
 
-Process settings may also appear in the TOML under ``[worker]``; the environment wins.
+Process settings may also appear in the TOML under ``[worker]`` and ``[dispatcher]``; the
+environment wins, key by key.
 """
 
 from __future__ import annotations
@@ -137,6 +138,18 @@ class WorkerSettings(BaseModel):
     request_timeout: float = Field(default=300.0, gt=0)
 
 
+class DispatcherSettings(BaseModel):
+    """How ``s3ferry backfill`` and ``s3ferry events`` put jobs on the queue."""
+
+    model_config = _FROZEN
+    # Small jobs share a message, up to this many (1: a message per job). Fewer SQS calls
+    # and less per-message work in the workers; each job still has its own outcome.
+    jobs_per_message: int = Field(default=100, ge=1, le=500)
+    # Copies of objects up to this size may share a message; larger ones get their own, so
+    # they spread over the fleet's workers.
+    bundle_object_bytes: int = Field(default=1 * MIB, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything a process needs, from ``S3FERRY_*`` and the optional TOML file."""
 
@@ -152,6 +165,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
     worker: WorkerSettings = WorkerSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
     routes: dict[str, Route] = Field(default_factory=dict)
 
@@ -194,6 +208,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
+_SECTIONS = ("worker", "dispatcher")  # TOML tables merged key by key with the environment
+
+
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
     """Read the environment and the TOML file once; fail with the bad field named."""
     try:
@@ -204,13 +221,15 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         data = _read_toml(path)
         file_values: dict[str, Any] = {"endpoints": data.get("endpoints", {}),
                                        "routes": routes_from_toml(data.get("routes", {}))}
-        if "worker" in data:
-            file_values["worker"] = data["worker"]
+        for section in _SECTIONS:
+            if section in data:
+                file_values[section] = data[section]
         file_values.update(data.get("s3ferry", {}))
         env_set = {k: v for k, v in env_only.model_dump(exclude_unset=True).items()}
         merged = {**file_values, **env_set, **overrides, "config": path}
-        if "worker" in file_values and "worker" in env_set:
-            merged["worker"] = {**file_values["worker"], **env_set["worker"]}
+        for section in _SECTIONS:
+            if section in file_values and section in env_set:
+                merged[section] = {**file_values[section], **env_set[section]}
         return Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc

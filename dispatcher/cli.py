@@ -100,7 +100,8 @@ async def run_backfill(settings: Settings, routes: list[Route], options: Backfil
             sink = DryRun(sample_size=sample)
         else:
             sqs = await clients.get(settings.queue_endpoint, "sqs")
-            sink = JobSender(sqs, settings.queue_url, metrics=metrics, sample_size=sample)
+            sink = JobSender(sqs, settings.queue_url, metrics=metrics, sample_size=sample,
+                             bundling=settings.dispatcher)
         progress = Progress()
         job = Backfill(clients=clients, sink=sink, options=options, metrics=metrics,
                        progress=progress)
@@ -199,7 +200,8 @@ def listener_settings(args: argparse.Namespace, settings: Settings) -> ListenerS
         events_queue_url=args.events_queue_url, dlq_url=dlq, job_queue_url=settings.queue_url,
         wait_time_seconds=max(0, min(20, args.wait_seconds)),
         exit_when_idle=args.exit_when_idle,
-        source_endpoints=frozenset(args.source_endpoint) if args.source_endpoint else None)
+        source_endpoints=frozenset(args.source_endpoint) if args.source_endpoint else None,
+        bundling=settings.dispatcher)
 
 
 async def run_listener(settings: Settings, routes: list[Route], options: ListenerSettings, *,
@@ -246,7 +248,8 @@ def events_main(argv: Sequence[str] | None = None) -> int:
 def status_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s3ferry status",
-        description="Show the job queue's depth, jobs in flight and the dead-letter count.")
+        description="Show the job queue's depth in messages (a bundle carries many small jobs), "
+                    "messages in flight and the dead-letter count.")
     _common(parser)
     parser.add_argument("--dlq-url", help="dead-letter queue URL (S3FERRY_DLQ_URL)")
     parser.add_argument("--watch", type=float, metavar="SECONDS",
@@ -278,7 +281,7 @@ async def _status_loop(settings: Settings, *, watch: float | None, as_json: bool
                                                        settings.dlq_url)
             now, pending = time.monotonic(), state["queued"] + state["in_flight"]
             if previous is not None:
-                state["jobs_per_second"] = round(
+                state["messages_per_second"] = round(
                     max(0, previous[1] - pending) / max(now - previous[0], 1e-9), 1)
             previous = (now, pending)
             print(json.dumps(state) if as_json else "  ".join(

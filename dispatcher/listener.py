@@ -21,6 +21,7 @@ from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy, retrying
 from common.routes import Route
 from common.s3errors import classify, error_code
+from common.settings import DispatcherSettings
 from dispatcher.events import (
     BadEvent,
     Kind,
@@ -46,6 +47,7 @@ class ListenerSettings:
     exit_when_idle: bool = False
     idle_polls: int = 2
     source_endpoints: frozenset[str] | None = None
+    bundling: DispatcherSettings = field(default_factory=DispatcherSettings)
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Listener:
             done.append(message)
             parsed.extend((message, e) for e in events)
         sender = JobSender(self._sqs, self._settings.job_queue_url, metrics=self._metrics,
-                           policy=self._send_policy)
+                           policy=self._send_policy, bundling=self._settings.bundling)
         applied: list[S3Event] = []
         batch = SequencerBook()  # committed to self._book only once the jobs are sent
         for event in in_sequencer_order(e for _, e in parsed):

@@ -1,5 +1,10 @@
 """Jobs onto SQS in batches: SendMessageBatch, each answer's ``Failed`` list retried.
 
+Small jobs (deletes, and copies of objects up to ``Bundling.object_bytes``) are first packed
+into bundles, many jobs per message (see :mod:`common.jobs`): for a bucket of small objects,
+SQS calls, their cost and the worker's per-message work drop by up to ``jobs_per_message``.
+Larger objects keep a message each, so a fleet spreads them over its workers.
+
 Batches hold at most 10 messages and 256 KiB. A few batches are in flight at once (bounded);
 entries SQS reports as failed are sent again with jittered backoff, and a batch that still
 fails after the retry budget raises :class:`SendFailed`: the backfill stops with an error and
@@ -15,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import FerryError, RetryNow
-from common.jobs import CopyJob, DeleteJob, encode
+from common.jobs import MAX_BUNDLE_BYTES, CopyJob, DeleteJob, encode, encode_bundle
 from common.limits import SQS_MAX_BATCH, SQS_MAX_MESSAGE_BYTES
 from common.logs import get_logger
 from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy, retrying
 from common.s3errors import classify
+from common.settings import DispatcherSettings
 
 log = get_logger(__name__)
 
@@ -29,10 +35,29 @@ class SendFailed(FerryError):
     reason = "send_failed"
 
 
+Jobs = list[CopyJob | DeleteJob]
+
+
 @dataclass
 class _Batch:
-    bodies: list[tuple[str, CopyJob | DeleteJob]] = field(default_factory=list)
+    bodies: list[tuple[str, Jobs]] = field(default_factory=list)  # a message and its jobs
     size: int = 0
+
+
+@dataclass
+class _Bundle:
+    bodies: list[str] = field(default_factory=list)
+    jobs: Jobs = field(default_factory=list)
+    size: int = 0
+
+
+def bundled(job: CopyJob | DeleteJob, settings: DispatcherSettings) -> bool:
+    """Whether a job may share its message: a delete, or a copy of a small object."""
+    if settings.jobs_per_message < 2:
+        return False
+    if isinstance(job, DeleteJob):
+        return True
+    return job.source.size is not None and job.source.size <= settings.bundle_object_bytes
 
 
 @dataclass
@@ -80,7 +105,8 @@ class JobSender:
 
     def __init__(self, sqs: Any, queue_url: str, *, metrics: DispatcherMetrics,
                  in_flight: int = 4, policy: RetryPolicy | None = None,
-                 sample_size: int = 10) -> None:
+                 sample_size: int = 10,
+                 bundling: DispatcherSettings | None = None) -> None:
         self._sqs = sqs
         self._url = queue_url
         self._metrics = metrics
@@ -88,21 +114,44 @@ class JobSender:
         self._slots = asyncio.Semaphore(in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch = _Batch()
+        self._bundling = bundling or DispatcherSettings()
+        self._bundle = _Bundle()
         self._error: BaseException | None = None
         self.sent = Sent(sample_size=sample_size)
 
     async def put(self, job: CopyJob | DeleteJob) -> None:
         self._raise_failure()
         body = encode(job)
+        if not bundled(job, self._bundling):
+            await self._add(body, [job])
+            return
+        size = len(body.encode("utf-8")) + 2  # and the ", " between entries
+        if self._bundle.bodies and self._bundle.size + size > MAX_BUNDLE_BYTES - 128:
+            await self._seal()
+        self._bundle.bodies.append(body)
+        self._bundle.jobs.append(job)
+        self._bundle.size += size
+        if len(self._bundle.bodies) >= self._bundling.jobs_per_message:
+            await self._seal()
+
+    async def _seal(self) -> None:
+        bundle, self._bundle = self._bundle, _Bundle()
+        if len(bundle.bodies) == 1:  # one job alone travels as a plain job
+            await self._add(bundle.bodies[0], bundle.jobs)
+        elif bundle.bodies:
+            await self._add(encode_bundle(bundle.bodies), bundle.jobs)
+
+    async def _add(self, body: str, jobs: Jobs) -> None:
         size = len(body.encode("utf-8"))
         if self._batch.bodies and self._batch.size + size > SQS_MAX_MESSAGE_BYTES:
             await self._launch()
-        self._batch.bodies.append((body, job))
+        self._batch.bodies.append((body, jobs))
         self._batch.size += size
         if len(self._batch.bodies) >= SQS_MAX_BATCH:
             await self._launch()
 
     async def flush(self) -> None:
+        await self._seal()
         if self._batch.bodies:
             await self._launch()
         if self._tasks:
@@ -136,8 +185,9 @@ class JobSender:
             except Exception as exc:
                 raise classify(exc, operation="SendMessageBatch") from exc
             for ok in answer.get("Successful", ()):
-                _, job = pending.pop(int(ok["Id"]))
-                self._accepted(job)
+                _, jobs = pending.pop(int(ok["Id"]))
+                for job in jobs:
+                    self._accepted(job)
             self._check_failed(answer.get("Failed", ()), pending)
 
         await retrying(attempt, self._policy)

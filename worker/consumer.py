@@ -1,8 +1,10 @@
 """The SQS side of the worker: leases in, outcomes out.
 
-* Capacity first: a job slot is acquired before ReceiveMessage, so a busy worker never holds
-  messages it cannot start (they stay visible to other workers). Several receive loops share
-  the slots (``receivers``), so receiving is not one round trip per 10 messages.
+* Capacity first: a worker receives only while it holds fewer than ``max_jobs`` jobs, and asks
+  for as many messages as should fill that room, judged by how many jobs recent messages
+  carried (a bundle carries many). So a busy worker leaves messages visible to other workers.
+  ``max_jobs`` jobs run at once. Several receive loops share the room (``receivers``), so
+  receiving is not one round trip per 10 messages.
 * A message is a lease: a short visibility timeout, extended by one heartbeat loop for every
   message in flight (ChangeMessageVisibilityBatch), never past SQS's 12 h cap.
 * Acks are batched (DeleteMessageBatch), a few batches in flight at once, and each batch's
@@ -10,6 +12,10 @@
 * Outcomes: done -> delete; bad message / permanent error / archived source -> dead-letter queue
   with a ``reason`` attribute, then delete; transient -> release with a backoff, and to the
   dead-letter queue once ``max_attempts`` receives are spent; vanished source -> recorded, delete.
+* A bundle's jobs each get their own outcome: a job for the dead-letter queue goes there alone
+  (as a single job); jobs to try again go back onto the queue in a new, delayed bundle that
+  carries their attempts; then the bundle is deleted. If that send fails, the whole bundle is
+  released instead (its finished jobs are skipped next time: the destination has them).
 * Shutdown, in order: stop receiving -> drain until the deadline -> release what is unfinished
   (visibility 0) -> flush acks -> return. Acks and dead-lettering run under ``asyncio.shield``.
 """
@@ -20,10 +26,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -35,7 +41,7 @@ from common.errors import (
     SourceArchived,
     SourceVanished,
 )
-from common.jobs import CopyJob, decode
+from common.jobs import Bundle, CopyJob, DeleteJob, decode, decode_item, encode_bundle, item_body
 from common.limits import SQS_MAX_BATCH, SQS_MAX_VISIBILITY
 from common.logs import get_logger, scrub_text
 from common.metrics import WorkerMetrics
@@ -46,6 +52,7 @@ log = get_logger(__name__)
 MAX_ERROR_TEXT = 1000
 MAX_AUTO_RECEIVERS = 4
 ACKS_IN_FLIGHT = 4  # DeleteMessageBatch calls at once
+RECENT_MESSAGES = 20  # how many messages' job counts predict the next ones'
 
 
 @dataclass
@@ -54,7 +61,18 @@ class Lease:
     receipt: str
     body: str
     receive_count: int
+    weight: float = 1.0  # jobs of this message counted in the worker's load, not yet done
     received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job's attempt means for its message."""
+
+    action: Literal["ack", "dead", "retry"]
+    route: str = "-"
+    reason: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -89,7 +107,10 @@ class Consumer:
         self._replicator = replicator
         self._settings = settings
         self._metrics = metrics
-        self._slots = asyncio.Semaphore(settings.max_jobs)
+        self._running = asyncio.Semaphore(settings.max_jobs)  # jobs at once
+        self._load = 0.0  # jobs held: received (estimated until read) and not yet done
+        self._room_freed = asyncio.Event()
+        self._recent: deque[int] = deque(maxlen=RECENT_MESSAGES)  # jobs per message
         self._stopping = asyncio.Event()
         self._idle_exit = False
         self._tasks: dict[asyncio.Task[None], Lease] = {}
@@ -129,43 +150,61 @@ class Consumer:
             await asyncio.gather(*loops, return_exceptions=True)
             raise
 
-    async def _take_slots(self) -> int:
-        """Wait for one free job slot, then take every other free one (up to a batch)."""
-        await self._slots.acquire()
-        taken = 1
-        while taken < SQS_MAX_BATCH and not self._slots.locked():
-            await self._slots.acquire()
-            taken += 1
-        return taken
+    async def _take_room(self) -> tuple[int, float]:
+        """Wait until fewer than ``max_jobs`` jobs are held; then reserve room for as many
+        messages as should fill it. Returns (messages to ask for, jobs expected of each)."""
+        while self._load >= self._settings.max_jobs:
+            self._room_freed.clear()
+            await self._room_freed.wait()
+        # until a message was read, assume bundles may come: one message per receive
+        each = sum(self._recent) / len(self._recent) if self._recent else float(
+            self._settings.max_jobs)
+        free = self._settings.max_jobs - self._load
+        n = max(1, min(SQS_MAX_BATCH, int(free // each)))
+        self._load += n * each
+        return n, each
 
-    def _give_back(self, n: int) -> None:
-        for _ in range(n):
-            self._slots.release()
+    def _give_back(self, jobs: float) -> None:
+        self._load = max(0.0, self._load - jobs)
+        self._room_freed.set()
+
+    def _weigh(self, lease: Lease, jobs: int) -> None:
+        """The message was read: count its real number of jobs instead of the estimate."""
+        self._recent.append(jobs)
+        self._load += jobs - lease.weight
+        lease.weight = jobs
+        self._room_freed.set()
+
+    def _job_done(self, lease: Lease) -> None:
+        lease.weight -= 1
+        self._give_back(1)
 
     async def _receive_loop(self) -> None:
         idle = 0
         failures = 0
         while not self._stopping.is_set():
-            slots = await self._until_stopped(self._take_slots())
-            if slots is None:
+            room = await self._until_stopped(self._take_room())
+            if room is None:
                 break
+            n, each = room
             try:
-                messages = await self._until_stopped(self._receive(slots))
+                messages = await self._until_stopped(self._receive(n))
                 failures = 0
             except Exception as exc:
-                self._give_back(slots)
+                self._give_back(n * each)
                 failures += 1
                 log.warning("receive_failed", error=scrub_text(str(exc)), failures=failures)
                 await self._until_stopped(asyncio.sleep(min(30.0, 0.5 * 2 ** failures)))
                 continue
             if messages is None:
-                self._give_back(slots)
+                self._give_back(n * each)
                 break
-            self._give_back(slots - len(messages))
+            self._give_back((n - len(messages)) * each)
             if messages:
                 idle = 0
                 for message in messages:
-                    self._start(message)
+                    self._start(message, each)
+                await asyncio.sleep(0)  # let them read their messages: the next estimate
             elif not self._tasks:
                 idle += 1
                 if self._settings.exit_when_idle and idle >= self._settings.idle_polls:
@@ -195,8 +234,8 @@ class Consumer:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             result = await task
-            if isinstance(result, int):  # slots acquired while stopping: give them back
-                self._give_back(result)
+            if isinstance(result, tuple):  # room reserved while stopping: give it back
+                self._give_back(result[0] * result[1])
             elif isinstance(result, list):
                 for message in result:  # received while stopping: let them go at once
                     await self._release(self._lease(message), delay=0)
@@ -226,63 +265,142 @@ class Consumer:
         return messages
 
     @staticmethod
-    def _lease(message: dict[str, Any]) -> Lease:
+    def _lease(message: dict[str, Any], weight: float = 1.0) -> Lease:
         count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         return Lease(message["MessageId"], message["ReceiptHandle"], message.get("Body", ""),
-                     count)
+                     count, weight)
 
-    def _start(self, message: dict[str, Any]) -> None:
-        lease = self._lease(message)
+    def _start(self, message: dict[str, Any], weight: float) -> None:
+        lease = self._lease(message, weight)
         task = asyncio.create_task(self._handle(lease))
         self._tasks[task] = lease
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-        self._slots.release()
+        lease = self._tasks.pop(task, None)
+        if lease is not None:
+            self._give_back(lease.weight)
 
     # -- one message ----------------------------------------------------------------------
 
     async def _handle(self, lease: Lease) -> None:
         structlog.contextvars.bind_contextvars(message_id=lease.message_id,
                                                receive_count=lease.receive_count)
-        self._metrics.jobs_in_flight.inc()
         try:
-            await self._process(lease)
-        finally:
-            self._metrics.jobs_in_flight.dec()
-
-    async def _process(self, lease: Lease) -> None:
-        try:
-            job = decode(lease.body)
+            message = decode(lease.body)
         except BadMessage as exc:
             await asyncio.shield(self._dead_letter(lease, exc.reason, str(exc), route="-"))
             return
+        if isinstance(message, Bundle):
+            await self._process_bundle(lease, message)
+            return
+        self._weigh(lease, 1)
+        outcome = await self._execute(message, attempt=lease.receive_count)
+        await asyncio.shield(self._settle(lease, outcome))
+
+    async def _execute(self, job: CopyJob | DeleteJob, *, attempt: int) -> Outcome:
+        """Run one job (``attempt`` counts from 1) and say what it means for its message."""
         structlog.contextvars.bind_contextvars(job_id=job.id, route=job.route, kind=job.kind)
-        final = lease.receive_count >= self._settings.max_attempts
+        final = attempt >= self._settings.max_attempts
+        async with self._running:
+            self._metrics.jobs_in_flight.inc()
+            try:
+                return await self._attempt(job, attempt=attempt, final=final)
+            finally:
+                self._metrics.jobs_in_flight.dec()
+
+    async def _attempt(self, job: CopyJob | DeleteJob, *, attempt: int, final: bool) -> Outcome:
+        route = job.route
         try:
             if isinstance(job, CopyJob):
-                result = await self._replicator.copy(
-                    job, final_attempt=final, first_attempt=lease.receive_count == 1)
+                result = await self._replicator.copy(job, final_attempt=final,
+                                                     first_attempt=attempt == 1)
             else:
                 result = await self._replicator.delete(job)
         except SourceVanished as exc:
-            self._record(job.route, "vanished")
+            self._record(route, "vanished")
             log.info("source_vanished", reason=exc.reason)
-            await asyncio.shield(self._ack(lease))
+            return Outcome("ack", route)
         except (SourceArchived, GiveUp) as exc:
-            result_name = "archived" if isinstance(exc, SourceArchived) else "failed"
-            self._record(job.route, result_name)
-            await asyncio.shield(self._dead_letter(lease, exc.reason, str(exc), route=job.route))
+            self._record(route, "archived" if isinstance(exc, SourceArchived) else "failed")
+            return Outcome("dead", route, exc.reason, str(exc))
         except (Redeliver, RetryNow) as exc:
-            await asyncio.shield(self._retry_later(lease, job.route, exc.reason, str(exc), final))
-        except Exception as exc:  # a bug of ours: never crash the worker on one message
+            return self._failed_attempt(route, exc.reason, str(exc), final)
+        except Exception as exc:  # a bug of ours: never crash the worker on one job
             log.exception("job_crashed")
-            await asyncio.shield(self._retry_later(
-                lease, job.route, "internal_error", f"{type(exc).__name__}: {exc}", final))
+            return self._failed_attempt(route, "internal_error",
+                                        f"{type(exc).__name__}: {exc}", final)
+        self._succeeded(route, result)
+        return Outcome("ack", route)
+
+    def _failed_attempt(self, route: str, reason: str, error: str, final: bool) -> Outcome:
+        if final:
+            self._record(route, "failed")
+            return Outcome("dead", route, "retries_exhausted", f"{reason}: {error}")
+        self._record(route, "retried")
+        return Outcome("retry", route, reason, error)
+
+    async def _settle(self, lease: Lease, outcome: Outcome) -> None:
+        """A single job's message: delete it, dead-letter it, or let it come back later."""
+        if outcome.action == "ack":
+            await self._ack(lease)
+        elif outcome.action == "dead":
+            await self._dead_letter(lease, outcome.reason, outcome.error, route=outcome.route)
         else:
-            self._succeeded(job.route, result)
-            await asyncio.shield(self._ack(lease))
+            delay = self._backoff(lease.receive_count)
+            log.info("job_released", reason=outcome.reason,
+                     error=scrub_text(outcome.error)[:MAX_ERROR_TEXT], retry_in=delay)
+            await self._release(lease, delay=delay)
+
+    def _backoff(self, attempt: int) -> int:
+        return min(self._settings.visibility_timeout,
+                   int(random.uniform(1, 2 ** min(attempt, 8))))
+
+    # -- a bundle -------------------------------------------------------------------------
+
+    async def _process_bundle(self, lease: Lease, bundle: Bundle) -> None:
+        self._weigh(lease, len(bundle.jobs))
+        attempt = bundle.attempts + lease.receive_count
+        structlog.contextvars.bind_contextvars(bundle_id=bundle.id)
+        outcomes = await asyncio.gather(*(self._bundled(lease, item, attempt)
+                                          for item in bundle.jobs))
+        dead = [(item, o) for item, o in zip(bundle.jobs, outcomes, strict=True)
+                if o.action == "dead"]
+        again = [item for item, o in zip(bundle.jobs, outcomes, strict=True)
+                 if o.action == "retry"]
+        again += await asyncio.shield(self._dead_letter_jobs(lease, bundle, attempt, dead))
+        if again and not await asyncio.shield(self._requeue(bundle, again, attempt)):
+            await asyncio.shield(self._release(lease, delay=self._backoff(attempt)))
+            return
+        await asyncio.shield(self._ack(lease))
+
+    async def _bundled(self, lease: Lease, item: Any, attempt: int) -> Outcome:
+        try:
+            try:
+                job = decode_item(item)
+            except BadMessage as exc:
+                return Outcome("dead", "-", exc.reason, str(exc))
+            outcome = await self._execute(job, attempt=attempt)
+            if outcome.action == "retry":
+                log.info("job_to_retry", reason=outcome.reason,
+                         error=scrub_text(outcome.error)[:MAX_ERROR_TEXT])
+            return outcome
+        finally:
+            self._job_done(lease)
+
+    async def _requeue(self, bundle: Bundle, items: list[Any], attempt: int) -> bool:
+        """Put jobs to try again back onto the queue, delayed, with the attempts they had."""
+        delay = self._backoff(attempt)
+        body = encode_bundle([item_body(i) for i in items], bundle_id=bundle.id,
+                             attempts=attempt)
+        try:
+            await self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=body,
+                                         DelaySeconds=delay)
+        except Exception as exc:
+            log.warning("requeue_failed", jobs=len(items), error=scrub_text(str(exc)))
+            return False
+        log.info("jobs_requeued", jobs=len(items), attempts=attempt, retry_in=delay)
+        return True
 
     def _record(self, route: str, result: str) -> None:
         self._metrics.objects.labels(route, result).inc()
@@ -302,43 +420,70 @@ class Consumer:
                  verified=result.verified or None, reason=result.reason or None,
                  bytes=result.bytes, resumed=result.resumed or None)
 
-    async def _retry_later(self, lease: Lease, route: str, reason: str, error: str,
-                           final: bool) -> None:
-        if final:
-            self._record(route, "failed")
-            await self._dead_letter(lease, "retries_exhausted", f"{reason}: {error}",
-                                    route=route)
-            return
-        self._record(route, "retried")
-        delay = min(self._settings.visibility_timeout,
-                    int(random.uniform(1, 2 ** min(lease.receive_count, 8))))
-        log.info("job_released", reason=reason, error=scrub_text(error)[:MAX_ERROR_TEXT],
-                 retry_in=delay)
-        await self._release(lease, delay=delay)
-
     # -- SQS writes -----------------------------------------------------------------------
 
-    async def _dead_letter(self, lease: Lease, reason: str, error: str, *, route: str) -> None:
-        """Copy the message to the DLQ with its reason, then delete it. Never loses it."""
-        text = scrub_text(error)[:MAX_ERROR_TEXT]
+    @staticmethod
+    def _dead_attributes(lease: Lease, reason: str, text: str, route: str, attempt: int,
+                         bundle_id: str | None = None) -> dict[str, Any]:
         attributes = {
             "reason": {"DataType": "String", "StringValue": reason},
             "error": {"DataType": "String", "StringValue": text or reason},
             "route": {"DataType": "String", "StringValue": route},
-            "receive_count": {"DataType": "Number", "StringValue": str(lease.receive_count)},
+            "receive_count": {"DataType": "Number", "StringValue": str(attempt)},
             "source_message_id": {"DataType": "String", "StringValue": lease.message_id},
         }
+        if bundle_id is not None:
+            attributes["bundle_id"] = {"DataType": "String", "StringValue": bundle_id}
+        return attributes
+
+    def _dead_lettered(self, reason: str, text: str, **context: Any) -> None:
+        self._metrics.dead_letters.labels(reason).inc()
+        self.summary.dead_letters[reason] += 1
+        log.warning("job_dead_lettered", reason=reason, error=text, **context)
+
+    async def _dead_letter(self, lease: Lease, reason: str, error: str, *, route: str) -> None:
+        """Copy the message to the DLQ with its reason, then delete it. Never loses it."""
+        text = scrub_text(error)[:MAX_ERROR_TEXT]
         try:
-            await self._sqs.send_message(QueueUrl=self._dlq_url,
-                                         MessageBody=lease.body or "<empty>",
-                                         MessageAttributes=attributes)
+            await self._sqs.send_message(
+                QueueUrl=self._dlq_url, MessageBody=lease.body or "<empty>",
+                MessageAttributes=self._dead_attributes(lease, reason, text, route,
+                                                        lease.receive_count))
         except Exception as exc:
             log.error("dead_letter_failed", reason=reason, error=scrub_text(str(exc)))
             return  # leave the message: it comes back and is tried again
-        self._metrics.dead_letters.labels(reason).inc()
-        self.summary.dead_letters[reason] += 1
-        log.warning("job_dead_lettered", reason=reason, error=text)
+        self._dead_lettered(reason, text)
         await self._ack(lease)
+
+    async def _dead_letter_jobs(self, lease: Lease, bundle: Bundle, attempt: int,
+                                dead: list[tuple[Any, Outcome]]) -> list[Any]:
+        """Each of a bundle's failed jobs to the DLQ as a message of its own (with its reason).
+        Returns the jobs that could not be sent there: they go back onto the queue."""
+        kept: list[Any] = []
+        for start in range(0, len(dead), SQS_MAX_BATCH):
+            chunk = dead[start:start + SQS_MAX_BATCH]
+            texts = [scrub_text(o.error)[:MAX_ERROR_TEXT] for _, o in chunk]
+            entries = [{"Id": str(n), "MessageBody": item_body(item),
+                        "MessageAttributes": self._dead_attributes(
+                            lease, o.reason, text, o.route, attempt, bundle.id)}
+                       for n, ((item, o), text) in enumerate(zip(chunk, texts, strict=True))]
+            try:
+                answer = await self._sqs.send_message_batch(QueueUrl=self._dlq_url,
+                                                            Entries=entries)
+            except Exception as exc:
+                log.error("dead_letter_failed", jobs=len(chunk), error=scrub_text(str(exc)))
+                kept.extend(item for item, _ in chunk)
+                continue
+            failed = {int(f["Id"]) for f in answer.get("Failed", ())}
+            for n, ((item, o), text) in enumerate(zip(chunk, texts, strict=True)):
+                if n in failed:
+                    kept.append(item)
+                else:
+                    job_id = item.get("id") if isinstance(item, dict) else None
+                    self._dead_lettered(o.reason, text, job_id=job_id, route=o.route)
+            if failed:
+                log.error("dead_letter_failed", jobs=len(failed))
+        return kept
 
     async def _ack(self, lease: Lease) -> None:
         await self._acks.put(lease)

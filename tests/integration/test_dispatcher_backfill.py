@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from common.limits import MIB
 from common.settings import Settings, load_settings
 from dispatcher.backfill import BackfillOptions
 from dispatcher.cli import run_backfill
@@ -192,3 +193,31 @@ destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
     assert summary.results["copied"] == n
     assert len(listing(s3_clients["china"], dst)) == n
     assert again["enqueued"]["jobs"] == {}
+
+
+async def test_small_objects_travel_in_bundles_and_large_ones_alone(
+        config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    objects = {f"small/{i:03d}.bin": os.urandom(i % 300) for i in range(230)}
+    objects |= {f"small/{k}": k.encode() for k in AWKWARD} | {"small/empty": b""}
+    large = {f"large/{i}.bin": os.urandom(MIB + 1) for i in range(2)}  # over 1 MiB: alone
+    put_many(s3_clients["global"], src, objects | large)
+    config = with_routes(config_path, tmp_path, f"""
+[routes.mixed]
+source = {{ endpoint = "global", bucket = "{src}" }}
+destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
+""")
+    settings = settings_for(config, queues)
+
+    result = await run_backfill(settings, list(settings.routes.values()), BackfillOptions())
+
+    jobs = len(objects) + len(large)
+    assert result["enqueued"]["jobs"] == {"copy": jobs}
+    depth = sqs_global.get_queue_attributes(QueueUrl=queues.queue_url, AttributeNames=[
+        "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"]
+    assert int(depth) == 3 + 2  # 238 small jobs in bundles of at most 100; 2 large alone
+    summary = await run_until_idle(config, queues, max_jobs=16)
+    assert summary.results == {"copied": jobs}
+    for key in objects | large:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from common.jobs import CopyJob
+from common.jobs import CopyJob, decode, encode, encode_bundle
 from common.limits import MIB
 from common.metrics import WorkerMetrics
 from s3ferry.localbed import LocalBed
@@ -21,6 +21,7 @@ from tests.integration.harness import (
     copy_job,
     dead_letters,
     drain_queue,
+    listed_job,
     run_until_idle,
     send,
 )
@@ -81,6 +82,39 @@ async def test_outcomes_vanished_archived_and_missing_bucket(
     assert summary.results["vanished"] == 1
     assert summary.results["archived"] == 1
     assert summary.results.get("retried", 0) == 0
+    assert drain_queue(sqs_global, queues.queue_url) == []
+
+
+async def test_a_bundles_jobs_each_meet_their_own_fate(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    good = {"a b+c%20/\u00e9t\u00e9.txt": b"summer", "empty": b"", "k" * 1024: b"long key"}
+    for key, data in good.items():
+        s3_clients["global"].put_object(Bucket=src, Key=key, Body=data)
+    s3_clients["global"].put_object(Bucket=src, Key="cold.bin", Body=b"ice",
+                                    StorageClass="GLACIER")
+    jobs = [*(listed_job(s3_clients["global"], "global", src, k, "china", dst) for k in good),
+            copy_job("global", src, "deleted-after-listing.txt", "china", dst),
+            copy_job("global", src, "cold.bin", "china", dst, dst_key="cold-copy.bin"),
+            copy_job("global", src, "empty", "china", "bucket-that-does-not-exist")]
+    broken = valid_body(src, dst) | {"id": "broken", "kind": "teleport"}
+    bundle = encode_bundle([*(encode(j) for j in jobs), json.dumps(broken)], bundle_id="b1")
+    send(sqs_global, queues, [bundle])
+
+    summary = await run_until_idle(config_path, queues)
+
+    for key, data in good.items():
+        assert body(s3_clients["china"], dst, key) == data
+    letters = drain_queue(sqs_global, queues.dlq_url)
+    # one dead letter per failed job, each a whole job message of its own
+    fates = sorted((json.loads(m["Body"])["id"], m["MessageAttributes"]["reason"]["StringValue"],
+                    m["MessageAttributes"]["bundle_id"]["StringValue"]) for m in letters)
+    assert fates == sorted([(jobs[-2].id, "source_archived", "b1"),
+                            (jobs[-1].id, "no_such_bucket", "b1"), ("broken", "invalid_job", "b1")])
+    assert decode(next(m["Body"] for m in letters
+                       if json.loads(m["Body"])["id"] == jobs[-1].id)) == jobs[-1]
+    assert summary.results == {"copied": 3, "vanished": 1, "archived": 1, "failed": 1}
     assert drain_queue(sqs_global, queues.queue_url) == []
 
 

@@ -1,4 +1,5 @@
-"""The consumer's SQS scheduling: several receive loops, acks in parallel, idle exit.
+"""The consumer's SQS scheduling: several receive loops, acks in parallel, idle exit, and
+bundles (many jobs in one message, each with its own outcome).
 
 The SQS here is an in-memory stand-in that records how many calls overlap; what it checks
 is our scheduling, not SQS (the integration tests run the same consumer on LocalStack).
@@ -7,13 +8,15 @@ is our scheduling, not SQS (the integration tests run the same consumer on Local
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from common.jobs import CopyJob, DestinationRef, SourceRef, encode
+from common.errors import GiveUp, RetryNow
+from common.jobs import CopyJob, DestinationRef, SourceRef, encode, encode_bundle, jobs_of
 from common.metrics import WorkerMetrics
 from common.settings import WorkerSettings
 from worker.consumer import Consumer
@@ -40,11 +43,41 @@ class MemorySqs:
         self.bodies = {f"m{i}": body for i, body in enumerate(bodies)}
         self.visible = list(self.bodies.items())
         self.in_flight: dict[str, str] = {}
+        self.most_in_flight = 0  # messages a worker held at once
         self.deleted: Counter[str] = Counter()
         self.receives = OverlapCounter()
         self.deletes = OverlapCounter()
         self.receive_calls = 0
         self.emptied = asyncio.Event()  # every message deleted
+        self.sent: list[tuple[str, int]] = []  # (body, DelaySeconds) sent to the job queue
+        self.dead: list[tuple[str, dict[str, str]]] = []  # (body, attributes) in the DLQ
+        self.dlq_outages = 0  # DLQ sends that fail before it works again
+
+    async def send_message(self, *, QueueUrl: str, MessageBody: str, DelaySeconds: int = 0,
+                           MessageAttributes: dict[str, Any] | None = None) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        if QueueUrl == "dlq":
+            self._dead(MessageBody, MessageAttributes or {})
+            return {}
+        message_id = f"m{len(self.bodies)}"
+        self.bodies[message_id] = MessageBody
+        self.visible.append((message_id, MessageBody))
+        self.sent.append((MessageBody, DelaySeconds))
+        return {"MessageId": message_id}
+
+    async def send_message_batch(self, *, QueueUrl: str,
+                                 Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        assert QueueUrl == "dlq" and len(Entries) <= 10
+        await asyncio.sleep(0)
+        for entry in Entries:
+            self._dead(entry["MessageBody"], entry["MessageAttributes"])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries]}
+
+    def _dead(self, body: str, attributes: dict[str, Any]) -> None:
+        if self.dlq_outages:
+            self.dlq_outages -= 1
+            raise ConnectionError("dead-letter queue unreachable")
+        self.dead.append((body, {k: v["StringValue"] for k, v in attributes.items()}))
 
     async def receive_message(self, *, MaxNumberOfMessages: int, **_: Any) -> dict[str, Any]:
         with self.receives:
@@ -56,6 +89,7 @@ class MemorySqs:
             for message_id, body in taken:
                 receipt = f"r-{message_id}"
                 self.in_flight[receipt] = message_id
+                self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
                 messages.append({"MessageId": message_id, "ReceiptHandle": receipt, "Body": body,
                                  "Attributes": {"ApproximateReceiveCount": "1"}})
             return {"Messages": messages} if messages else {}
@@ -84,22 +118,42 @@ class MemorySqs:
 
 
 class Copies:
-    """A replicator that only counts: each copy takes one loop turn."""
+    """A replicator that only counts: each copy takes one loop turn. Keys starting with
+    ``bad`` fail for good; ``flaky`` ones fail their first ``flaky_attempts`` attempts."""
 
-    def __init__(self) -> None:
-        self.keys: Counter[str] = Counter()
+    def __init__(self, flaky_attempts: int = 1, uneven: bool = False) -> None:
+        self.keys: Counter[str] = Counter()  # copies that succeeded
+        self.attempts: Counter[str] = Counter()
+        self.running = OverlapCounter()
+        self.flaky_attempts = flaky_attempts
+        self.uneven = uneven  # copies take 0 to 3 ms
 
     async def copy(self, job: CopyJob, **_: Any) -> JobResult:
-        await asyncio.sleep(0)
-        self.keys[job.source.key] += 1
+        key = job.source.key
+        self.attempts[key] += 1
+        with self.running:
+            await asyncio.sleep(0.0005 * (sum(key.encode()) % 7) if self.uneven else 0)
+        if key.startswith("bad"):
+            raise GiveUp("the destination refused it", reason="access_denied")
+        if key.startswith("flaky") and self.attempts[key] <= self.flaky_attempts:
+            raise RetryNow("timed out")
+        self.keys[key] += 1
         return JobResult(result="copied", bytes=1, strategy="test", verified="test")
 
 
+def job_body(key: str) -> str:
+    return encode(CopyJob(id=f"job-{key}",
+                          source=SourceRef(endpoint="a", bucket="src-bucket", key=key),
+                          destination=DestinationRef(endpoint="c", bucket="dst-bucket", key=key)))
+
+
 def bodies(n: int) -> list[str]:
-    return [encode(CopyJob(source=SourceRef(endpoint="a", bucket="src-bucket", key=f"k{i}"),
-                           destination=DestinationRef(endpoint="c", bucket="dst-bucket",
-                                                      key=f"k{i}")))
-            for i in range(n)]
+    return [job_body(f"k{i}") for i in range(n)]
+
+
+def bundles(n: int, size: int) -> list[str]:
+    return [encode_bundle([job_body(f"b{b}-k{i}") for i in range(size)], bundle_id=f"b{b}")
+            for b in range(n)]
 
 
 def consumer_for(sqs: MemorySqs, copies: Copies, **settings: Any) -> Consumer:
@@ -176,3 +230,92 @@ async def test_a_failing_receive_loop_stops_the_others_and_leaves_no_receive_beh
     assert loops == []  # every receive loop ended, none left receiving on its own
     assert sqs.receives.now == 0
     assert sqs.receive_calls >= 4
+
+
+async def test_bundles_and_single_jobs_are_each_done_once_within_max_jobs() -> None:
+    sqs, copies = MemorySqs([*bodies(30), *bundles(20, 100), *bodies(30)[::-1]]), Copies()
+
+    consumer = await consume(sqs, copies, max_jobs=16, receivers=4)
+
+    every = {f"b{b}-k{i}" for b in range(20) for i in range(100)} | {f"k{i}" for i in range(30)}
+    assert copies.keys == Counter({**dict.fromkeys(every, 1), **{f"k{i}": 2 for i in range(30)}})
+    assert sqs.deleted == Counter(dict.fromkeys(sqs.bodies, 1))  # every message, once
+    assert consumer.summary.results == {"copied": 2060}
+    assert copies.running.most == 16  # max_jobs ran at once, never more
+
+
+async def test_a_worker_holding_a_bundle_leaves_the_next_ones_to_other_workers() -> None:
+    copies = Copies(uneven=True)
+
+    class Watched(MemorySqs):
+        """Notes, at every receive, how many held bundles still have jobs to copy."""
+
+        most_unfinished = 0
+
+        async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+            unfinished = [m for m in self.in_flight.values() if any(
+                copies.keys[j.source.key] == 0 for j in jobs_of(self.bodies[m]))]  # type: ignore[union-attr]
+            self.most_unfinished = max(self.most_unfinished, len(unfinished))
+            return await super().receive_message(**kwargs)
+
+    sqs = Watched(bundles(20, 100))
+
+    await consume(sqs, copies, max_jobs=16, receivers=4)
+
+    assert sum(copies.keys.values()) == 2000 and sqs.receive_calls >= 20
+    # it asks for another bundle only once fewer than max_jobs jobs of the one it holds are
+    # left: never while two are unfinished, and one at a time (not 10 x 100 jobs at once)
+    assert sqs.most_unfinished == 1
+    assert sqs.most_in_flight < 10
+
+
+async def test_a_bundles_failed_jobs_each_go_their_own_way() -> None:
+    keys = ["ok-1", "bad-1", "flaky-1", "ok-2", "flaky-2", "bad-2"]
+    garbage = json.dumps({"v": 1, "kind": "copy", "id": "broken"})
+    body = encode_bundle([*(job_body(k) for k in keys), garbage], bundle_id="b1")
+    sqs, copies = MemorySqs([body]), Copies()
+
+    consumer = await consume(sqs, copies, max_jobs=8)
+
+    # the failures go to the dead-letter queue one job each, with their reason
+    assert sorted((json.loads(b)["id"], a["reason"], a["bundle_id"]) for b, a in sqs.dead) == [
+        ("broken", "invalid_job", "b1"), ("job-bad-1", "access_denied", "b1"),
+        ("job-bad-2", "access_denied", "b1")]
+    # the transient ones came back in one new delayed bundle carrying their first attempt...
+    [(requeued, delay)] = sqs.sent
+    again = json.loads(requeued)
+    assert again["attempts"] == 1 and delay >= 1
+    assert [j["source"]["key"] for j in again["jobs"]] == ["flaky-1", "flaky-2"]
+    # ...and were copied on their second; nothing was copied twice or lost
+    assert copies.keys == Counter({"ok-1": 1, "ok-2": 1, "flaky-1": 1, "flaky-2": 1})
+    assert copies.attempts["ok-1"] == 1 and copies.attempts["flaky-1"] == 2
+    assert sqs.deleted == Counter({"m0": 1, "m1": 1}) and sqs.in_flight == {}
+    assert consumer.summary.dead_letters == {"access_denied": 2, "invalid_job": 1}
+    assert consumer.summary.results == {"copied": 4, "failed": 2, "retried": 2}
+
+
+async def test_a_bundled_job_out_of_attempts_goes_to_the_dead_letter_queue() -> None:
+    body = encode_bundle([job_body("flaky-1"), job_body("ok-1")], bundle_id="b1")
+    sqs, copies = MemorySqs([body]), Copies(flaky_attempts=99)
+
+    await consume(sqs, copies, max_jobs=8, max_attempts=3)
+
+    assert copies.attempts == Counter({"flaky-1": 3, "ok-1": 1})
+    assert [json.loads(b)["attempts"] for b, _ in sqs.sent] == [1, 2]
+    [(dead, attributes)] = sqs.dead
+    assert json.loads(dead)["id"] == "job-flaky-1"
+    assert (attributes["reason"], attributes["receive_count"]) == ("retries_exhausted", "3")
+    assert attributes["error"] == "timed_out: timed out" or "timed out" in attributes["error"]
+
+
+async def test_bundled_jobs_the_dead_letter_queue_refused_are_not_lost() -> None:
+    body = encode_bundle([job_body("bad-1"), job_body("ok-1")], bundle_id="b1")
+    sqs, copies = MemorySqs([body]), Copies()
+    sqs.dlq_outages = 1
+
+    await consume(sqs, copies, max_jobs=8)
+
+    # the refused job went back onto the queue and reached the dead-letter queue next time
+    assert [json.loads(b)["id"] for b, _ in sqs.dead] == ["job-bad-1"]
+    assert copies.attempts == Counter({"bad-1": 2, "ok-1": 1})
+    assert sqs.visible == [] and sqs.in_flight == {}

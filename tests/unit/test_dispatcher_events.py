@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from common.jobs import CopyJob, DeleteJob, decode
+from common.jobs import CopyJob, DeleteJob, jobs_of
 from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy
 from common.routes import Route
@@ -138,7 +138,7 @@ class FakeSqs:
             return {"Successful": [], "Failed": [
                 {"Id": e["Id"], "Code": "InternalError", "SenderFault": False}
                 for e in Entries]}
-        self.sent.extend(decode(e["MessageBody"]) for e in Entries)
+        self.sent.extend(j for e in Entries for j in jobs_of(e["MessageBody"]))
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
     async def send_message(self, *, QueueUrl: str, MessageBody: str,
