@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("events", help="turn S3 event notifications into copy and delete jobs",
                    add_help=False)
-    sub.add_parser("status", help="queue depth and messages in flight, dead letters", add_help=False)
+    sub.add_parser("status", help="queue depth, messages in flight, dead letters",
+                   add_help=False)
     sub.add_parser("demo", help="run the end-to-end demo on local partitions", add_help=False)
     if not argv or argv[0] in {"-h", "--help"}:
         parser.print_help()
