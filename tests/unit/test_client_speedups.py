@@ -2,7 +2,8 @@
 
 - endpoint rules run once per bucket, not once per object key;
 - a BufferBody upload is sent from its buffer, without aiohttp's thread pool;
-- the User-Agent is built once per set of feature ids.
+- the User-Agent is built once per set of feature ids;
+- ISO-8601 timestamps in answers are read by the standard library.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from aiohttp.test_utils import TestServer
 from botocore.context import start_as_current_context
 from botocore.endpoint_provider import EndpointProvider, RuleSet
 from botocore.useragent import UserAgentString, register_feature_id
+from botocore.utils import parse_timestamp
 
 from common import clients
 from common.settings import Endpoint, StaticCredentials
@@ -342,3 +345,56 @@ async def test_payload_signing_over_http_follows_the_endpoint_setting(
     (put,) = s3.requests
     assert put.body == b"abc"
     assert put.headers["x-amz-content-sha256"] == expected
+
+
+LISTED = ["2026-11-22T11:45:01.000Z", "2026-11-22T11:45:01Z", "2026-02-28T23:59:59.123456Z",
+          "2026-11-22T11:45:01.5+08:00"]  # the last is not S3's form: botocore parses it
+
+
+async def test_listed_timestamps_are_the_instants_botocore_would_parse() -> None:
+    contents = "".join(f"<Contents><Key>k{i}</Key><LastModified>{stamp}</LastModified>"
+                       f"<ETag>&quot;e&quot;</ETag><Size>1</Size></Contents>"
+                       for i, stamp in enumerate(LISTED))
+    listing = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
+               f"<KeyCount>{len(LISTED)}</KeyCount><IsTruncated>false</IsTruncated>{contents}"
+               "</ListBucketResult>")
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "HEAD":
+            return web.Response(headers={"Last-Modified": "Sun, 22 Nov 2026 11:45:01 GMT",
+                                         "ETag": '"e"', "Content-Length": "1"})
+        return web.Response(content_type="application/xml", text=listing)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with TestServer(app, host="127.0.0.1") as server:
+        ep = endpoint(str(server.make_url("")).rstrip("/"))
+        async with clients.ClientPool({"e": ep}) as pool:
+            fast = await pool.get("e")
+            assert fast._endpoint._response_parser_factory._defaults[
+                "timestamp_parser"] is clients.parse_answer_timestamp  # the speed-up is on
+            sped = [o["LastModified"] for o in (await fast.list_objects_v2(Bucket="b"))[
+                "Contents"]] + [(await fast.head_object(Bucket="b", Key="k"))["LastModified"]]
+        plain_session: Any = clients.async_session(ep)
+        async with plain_session.client(
+                "s3", endpoint_url=ep.endpoint_url,
+                config=clients.botocore_config(ep, config_cls=AioConfig)) as plain:
+            slow = [o["LastModified"] for o in (await plain.list_objects_v2(Bucket="b"))[
+                "Contents"]] + [(await plain.head_object(Bucket="b", Key="k"))["LastModified"]]
+
+    assert sped == slow and len(sped) == 5  # the same instants, to the microsecond
+    assert [s.utcoffset() for s in sped] == [timedelta(0)] * 3 + [timedelta(hours=8),
+                                                                  timedelta(0)]
+    assert sped[2].microsecond == 123456
+
+
+@pytest.mark.parametrize("value", ["2026-11-22T11:45:01.000Z", "2026-13-01T00:00:00Z",
+                                   "Sun, 22 Nov 2026 11:45:01 GMT", 1_795_000_000])
+def test_the_timestamp_parser_agrees_with_botocores_or_fails_like_it(value: Any) -> None:
+    try:
+        expected = parse_timestamp(value)
+    except ValueError:
+        with pytest.raises(ValueError):
+            clients.parse_answer_timestamp(value)
+        return
+    assert clients.parse_answer_timestamp(value) == expected
