@@ -54,6 +54,13 @@ class WorkerMetrics:
             ["reason"], registry=r)
         self.messages_received = Counter(
             "s3ferry_messages_received_total", "SQS messages received.", registry=r)
+        self.jobs_held = Gauge(
+            "s3ferry_jobs_held", "Jobs this worker holds: received (a bundle's counted once "
+            "read) and not finished. Above max_jobs while the rest of a bundle waits.",
+            registry=r)
+        self.jobs_requeued = Counter(
+            "s3ferry_jobs_requeued_total",
+            "Jobs of a bundle put back onto the queue for another attempt.", registry=r)
         self.uploads_resumed = Counter(
             "s3ferry_uploads_resumed_total", "Multipart uploads continued after a crash.",
             registry=r)
@@ -83,6 +90,9 @@ class DispatcherMetrics:
         self.bytes_enqueued = Counter(
             "s3ferry_dispatcher_bytes_enqueued_total", "Source bytes of the copy jobs sent.",
             ["route"], registry=r)
+        self.messages_sent = Counter(
+            "s3ferry_dispatcher_messages_sent_total",
+            "Messages sent to the job queue (a bundle of small jobs is one).", registry=r)
         self.send_failures = Counter(
             "s3ferry_dispatcher_send_failures_total",
             "SendMessageBatch entries that failed (retried or given up), by code.",

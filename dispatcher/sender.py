@@ -186,6 +186,7 @@ class JobSender:
                 raise classify(exc, operation="SendMessageBatch") from exc
             for ok in answer.get("Successful", ()):
                 _, jobs = pending.pop(int(ok["Id"]))
+                self._metrics.messages_sent.inc()
                 for job in jobs:
                     self._accepted(job)
             self._check_failed(answer.get("Failed", ()), pending)

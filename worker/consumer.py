@@ -167,6 +167,7 @@ class Consumer:
     def _give_back(self, jobs: float) -> None:
         self._load = max(0.0, self._load - jobs)
         self._room_freed.set()
+        self._metrics.jobs_held.set(round(self._load))
 
     def _weigh(self, lease: Lease, jobs: int) -> None:
         """The message was read: count its real number of jobs instead of the estimate."""
@@ -174,6 +175,7 @@ class Consumer:
         self._load += jobs - lease.weight
         lease.weight = jobs
         self._room_freed.set()
+        self._metrics.jobs_held.set(round(self._load))
 
     def _job_done(self, lease: Lease) -> None:
         lease.weight -= 1
@@ -399,6 +401,7 @@ class Consumer:
         except Exception as exc:
             log.warning("requeue_failed", jobs=len(items), error=scrub_text(str(exc)))
             return False
+        self._metrics.jobs_requeued.inc(len(items))
         log.info("jobs_requeued", jobs=len(items), attempts=attempt, retry_in=delay)
         return True
 

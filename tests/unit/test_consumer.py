@@ -156,14 +156,16 @@ def bundles(n: int, size: int) -> list[str]:
             for b in range(n)]
 
 
-def consumer_for(sqs: MemorySqs, copies: Copies, **settings: Any) -> Consumer:
+def consumer_for(sqs: MemorySqs, copies: Copies, metrics: WorkerMetrics | None = None,
+                 **settings: Any) -> Consumer:
     return Consumer(sqs=sqs, queue_url="q", dlq_url="dlq", replicator=copies,  # type: ignore[arg-type]
                     settings=WorkerSettings(wait_time_seconds=0, **settings),
-                    metrics=WorkerMetrics(CollectorRegistry()))
+                    metrics=metrics or WorkerMetrics(CollectorRegistry()))
 
 
-async def consume(sqs: MemorySqs, copies: Copies, **settings: Any) -> Consumer:
-    consumer = consumer_for(sqs, copies, exit_when_idle=True, **settings)
+async def consume(sqs: MemorySqs, copies: Copies, metrics: WorkerMetrics | None = None,
+                  **settings: Any) -> Consumer:
+    consumer = consumer_for(sqs, copies, metrics, exit_when_idle=True, **settings)
     await asyncio.wait_for(consumer.run(), timeout=30)
     return consumer
 
@@ -273,9 +275,9 @@ async def test_a_bundles_failed_jobs_each_go_their_own_way() -> None:
     keys = ["ok-1", "bad-1", "flaky-1", "ok-2", "flaky-2", "bad-2"]
     garbage = json.dumps({"v": 1, "kind": "copy", "id": "broken"})
     body = encode_bundle([*(job_body(k) for k in keys), garbage], bundle_id="b1")
-    sqs, copies = MemorySqs([body]), Copies()
+    sqs, copies, metrics = MemorySqs([body]), Copies(), WorkerMetrics(CollectorRegistry())
 
-    consumer = await consume(sqs, copies, max_jobs=8)
+    consumer = await consume(sqs, copies, metrics, max_jobs=8)
 
     # the failures go to the dead-letter queue one job each, with their reason
     assert sorted((json.loads(b)["id"], a["reason"], a["bundle_id"]) for b, a in sqs.dead) == [
@@ -292,6 +294,9 @@ async def test_a_bundles_failed_jobs_each_go_their_own_way() -> None:
     assert sqs.deleted == Counter({"m0": 1, "m1": 1}) and sqs.in_flight == {}
     assert consumer.summary.dead_letters == {"access_denied": 2, "invalid_job": 1}
     assert consumer.summary.results == {"copied": 4, "failed": 2, "retried": 2}
+    assert metrics.jobs_requeued._value.get() == 2
+    assert metrics.messages_received._value.get() == 2
+    assert metrics.jobs_held._value.get() == 0  # nothing left held once all is done
 
 
 async def test_a_bundled_job_out_of_attempts_goes_to_the_dead_letter_queue() -> None:
