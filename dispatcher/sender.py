@@ -1,6 +1,6 @@
 """Jobs onto SQS in batches: SendMessageBatch, each answer's ``Failed`` list retried.
 
-Small jobs (deletes, and copies of objects up to ``Bundling.object_bytes``) are first packed
+Small jobs (deletes, and copies of objects up to ``bundle_object_bytes``) are first packed
 into bundles, many jobs per message (see :mod:`common.jobs`): for a bucket of small objects,
 SQS calls, their cost and the worker's per-message work drop by up to ``jobs_per_message``.
 Larger objects keep a message each, so a fleet spreads them over its workers.
