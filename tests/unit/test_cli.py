@@ -34,6 +34,8 @@ def test_python_dash_m_worker_help() -> None:
     ('[endpoints.a]\ncredentials = { kind = "static", access_key_id = "k" }\n',
      "endpoints.a.credentials.static.secret_access_key"),
     ('[worker]\npart_size = 1024\n', "worker.part_size"),
+    ('[dispatcher]\njobs_per_message = 0\n', "dispatcher.jobs_per_message"),
+    ('[dispatcher]\nbundle_size = 10\n', "dispatcher.bundle_size"),
     ("[endpoints.a\n", "not valid TOML"),
 ])
 def test_bad_config_is_refused_naming_the_field(tmp_path: Path, toml: str, field: str) -> None:
@@ -80,3 +82,15 @@ def test_explicit_keys_win_over_a_missing_aws_profile(monkeypatch: pytest.Monkey
             return str(client._request_signer._credentials.access_key)
 
     assert asyncio.run(open_client()) == "AK"
+
+
+def test_dispatcher_settings_come_from_the_file_and_the_environment_key_by_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[dispatcher]\njobs_per_message = 20\nbundle_object_bytes = 4096\n")
+    monkeypatch.setenv("S3FERRY_DISPATCHER__BUNDLE_OBJECT_BYTES", "65536")
+
+    settings = load_settings(path)
+
+    assert settings.dispatcher.jobs_per_message == 20  # from the file
+    assert settings.dispatcher.bundle_object_bytes == 65536  # the environment wins
