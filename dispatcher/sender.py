@@ -3,7 +3,9 @@
 Small jobs (deletes, and copies of objects up to ``bundle_object_bytes``) are first packed
 into bundles, many jobs per message (see :mod:`common.jobs`): for a bucket of small objects,
 SQS calls, their cost and the worker's per-message work drop by up to ``jobs_per_message``.
-Larger objects keep a message each, so a fleet spreads them over its workers.
+Larger objects keep a message each, so a fleet spreads them over its workers. Bundles start
+at one job and double (1, 2, 4, ...) up to ``jobs_per_message``: a small backfill, or the jobs
+of a few events, still spread over several workers, and a large one is soon in full bundles.
 
 Batches hold at most 10 messages and 256 KiB. A few batches are in flight at once (bounded);
 entries SQS reports as failed are sent again with jittered backoff, and a batch that still
@@ -116,6 +118,7 @@ class JobSender:
         self._batch = _Batch()
         self._bundling = bundling or DispatcherSettings()
         self._bundle = _Bundle()
+        self._bundles_sealed = 0
         self._error: BaseException | None = None
         self.sent = Sent(sample_size=sample_size)
 
@@ -131,11 +134,16 @@ class JobSender:
         self._bundle.bodies.append(body)
         self._bundle.jobs.append(job)
         self._bundle.size += size
-        if len(self._bundle.bodies) >= self._bundling.jobs_per_message:
+        if len(self._bundle.bodies) >= self._bundle_limit():
             await self._seal()
+
+    def _bundle_limit(self) -> int:
+        return min(self._bundling.jobs_per_message, 2 ** min(self._bundles_sealed, 16))
 
     async def _seal(self) -> None:
         bundle, self._bundle = self._bundle, _Bundle()
+        if bundle.bodies:
+            self._bundles_sealed += 1
         if len(bundle.bodies) == 1:  # one job alone travels as a plain job
             await self._add(bundle.bodies[0], bundle.jobs)
         elif bundle.bodies:

@@ -79,14 +79,14 @@ async def test_small_jobs_share_messages_and_large_ones_travel_alone() -> None:
     sqs, metrics = await send(jobs)
 
     messages = [decode(body) for body in sqs.messages]
-    bundles = [m for m in messages if isinstance(m, Bundle)]
-    assert [len(b.jobs) for b in bundles] == [100, 100, 56]
+    # bundles double from one job, so a small backfill still spreads over several workers
+    assert [len(m.jobs) for m in messages if isinstance(m, Bundle)] == [
+        2, 4, 8, 16, 32, 64, 100, 29]
     assert sorted(m.source.key for m in messages if isinstance(m, CopyJob)) == [
-        "large/0", "large/1", "large/2"]
-    assert len(messages) == 6
+        "large/0", "large/1", "large/2", "small/0"]  # a bundle of one travels plain
     assert by_key(sent_jobs(sqs)) == by_key(jobs)  # each job exactly once, unchanged
     assert len(sent_jobs(sqs)) == len(jobs)
-    assert metrics.messages_sent._value.get() == 6
+    assert metrics.messages_sent._value.get() == 12
 
 
 async def test_one_job_per_message_when_bundles_are_off() -> None:
@@ -100,13 +100,14 @@ async def test_one_job_per_message_when_bundles_are_off() -> None:
 
 
 async def test_bundles_of_long_keys_stay_within_their_byte_limit() -> None:
-    jobs: list[CopyJob | DeleteJob] = [copy(f"{i:04d}" + "k" * 1020, 1) for i in range(300)]
+    jobs: list[CopyJob | DeleteJob] = [copy(f"{i:04d}" + "k" * 1020, 1) for i in range(600)]
 
     sqs, _ = await send(jobs, jobs_per_message=500)
 
     sizes = [len(body.encode()) for body in sqs.messages]
     assert max(sizes) <= MAX_BUNDLE_BYTES
-    assert len(sqs.messages) >= 300 * 2048 // MAX_BUNDLE_BYTES  # split by bytes, not count
+    assert len(sqs.messages) >= 600 * 2048 // MAX_BUNDLE_BYTES  # split by bytes, not count
+    assert max(len(jobs_of(body)) for body in sqs.messages) < 64  # ~25 jobs of 2.5 KiB
     assert sent_jobs(sqs) == jobs
 
 
