@@ -13,9 +13,12 @@ worker moves it to the dead-letter queue with a ``reason`` attribute naming what
 Many small jobs may share one message, a *bundle*: one SQS call, one lease and one ack for up
 to ``MAX_BUNDLE_JOBS`` objects. Each entry of ``jobs`` is a whole job message of its own, so
 one that fails goes to the dead-letter queue (or back onto the queue) alone, as a single job;
-``attempts`` counts the receives its jobs had before they were put back in a new bundle::
+``attempts`` counts the receives its jobs had before they were put back in a new bundle, and
+the optional ``limit`` is the most jobs the sender puts in one bundle (its bundles grow up to
+it), so a worker can leave room for that many before it has seen one::
 
-    {"v": 1, "kind": "bundle", "id": "…", "attempts": 0, "jobs": [{"v": 1, "kind": "copy", …}, …]}
+    {"v": 1, "kind": "bundle", "id": "…", "attempts": 0, "limit": 100,
+     "jobs": [{"v": 1, "kind": "copy", …}, …]}
 
 Bundles were added within v1: workers that predate them dead-letter them (``invalid_job``),
 so upgrade workers before dispatchers.
@@ -141,15 +144,19 @@ class Bundle:
     id: str
     attempts: int
     jobs: tuple[Any, ...]
+    limit: int | None = None  # the most jobs its sender puts in a bundle
 
 
 def encode_bundle(bodies: Sequence[str], *, bundle_id: str | None = None,
-                  attempts: int = 0) -> str:
+                  attempts: int = 0, limit: int | None = None) -> str:
     """One message from already encoded jobs (as :func:`encode` wrote them)."""
     if not 1 <= len(bodies) <= MAX_BUNDLE_JOBS:
         raise ValueError(f"a bundle holds 1 to {MAX_BUNDLE_JOBS} jobs, not {len(bodies)}")
-    head = json.dumps({"v": SCHEMA_VERSION, "kind": "bundle",
-                       "id": bundle_id or uuid.uuid4().hex, "attempts": attempts})
+    envelope: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": "bundle",
+                                "id": bundle_id or uuid.uuid4().hex, "attempts": attempts}
+    if limit is not None:
+        envelope["limit"] = limit
+    head = json.dumps(envelope)
     return head[:-1] + ', "jobs": [' + ", ".join(bodies) + "]}"
 
 
@@ -205,16 +212,19 @@ def _check_version(data: dict[str, Any]) -> None:
 
 
 def _bundle(data: dict[str, Any]) -> Bundle:
-    extra = sorted(set(data) - {"v", "kind", "id", "attempts", "jobs"})
+    extra = sorted(set(data) - {"v", "kind", "id", "attempts", "limit", "jobs"})
     bundle_id, attempts, jobs = data.get("id"), data.get("attempts", 0), data.get("jobs")
+    limit = data.get("limit")
     if extra:
         problem = f"unknown field(s) {', '.join(extra)}"
     elif not isinstance(bundle_id, str) or not 1 <= len(bundle_id) <= 128:
         problem = "id must be a string of 1 to 128 characters"
     elif type(attempts) is not int or attempts < 0:
         problem = "attempts must be a whole number >= 0"
+    elif limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_BUNDLE_JOBS):
+        problem = f"limit must be a whole number from 1 to {MAX_BUNDLE_JOBS}"
     elif not isinstance(jobs, list) or not 1 <= len(jobs) <= MAX_BUNDLE_JOBS:
         problem = f"jobs must be a list of 1 to {MAX_BUNDLE_JOBS} jobs"
     else:
-        return Bundle(id=bundle_id, attempts=attempts, jobs=tuple(jobs))
+        return Bundle(id=bundle_id, attempts=attempts, jobs=tuple(jobs), limit=limit)
     raise BadMessage(f"invalid bundle: {problem}", reason="invalid_job")

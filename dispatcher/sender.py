@@ -6,6 +6,7 @@ SQS calls, their cost and the worker's per-message work drop by up to ``jobs_per
 Larger objects keep a message each, so a fleet spreads them over its workers. Bundles start
 at one job and double (1, 2, 4, ...) up to ``jobs_per_message``: a small backfill, or the jobs
 of a few events, still spread over several workers, and a large one is soon in full bundles.
+Each bundle names that limit, so workers leave room for full bundles from the first one.
 
 Batches hold at most 10 messages and 256 KiB. A few batches are in flight at once (bounded);
 entries SQS reports as failed are sent again with jittered backoff, and a batch that still
@@ -138,16 +139,14 @@ class JobSender:
             await self._seal()
 
     def _bundle_limit(self) -> int:
-        return min(self._bundling.jobs_per_message, 2 ** min(self._bundles_sealed, 16))
+        return min(self._bundling.jobs_per_message, 1 << min(self._bundles_sealed, 16))
 
     async def _seal(self) -> None:
         bundle, self._bundle = self._bundle, _Bundle()
-        if bundle.bodies:
+        if bundle.bodies:  # even one job: the bundle tells workers how large bundles get
             self._bundles_sealed += 1
-        if len(bundle.bodies) == 1:  # one job alone travels as a plain job
-            await self._add(bundle.bodies[0], bundle.jobs)
-        elif bundle.bodies:
-            await self._add(encode_bundle(bundle.bodies), bundle.jobs)
+            await self._add(encode_bundle(bundle.bodies,
+                                          limit=self._bundling.jobs_per_message), bundle.jobs)
 
     async def _add(self, body: str, jobs: Jobs) -> None:
         size = len(body.encode("utf-8"))

@@ -2,9 +2,10 @@
 
 * Capacity first: a worker receives only while it holds fewer than ``max_jobs`` jobs, and asks
   for as many messages as should fill that room, judged by how many jobs recent messages
-  carried (a bundle carries many). So a busy worker leaves messages visible to other workers.
-  ``max_jobs`` jobs run at once. Several receive loops share the room (``receivers``), so
-  receiving is not one round trip per 10 messages.
+  carried, or their sender's bundle limit when larger (a bundle carries many). So a busy
+  worker leaves messages visible to other workers. ``max_jobs`` jobs run at once. Several
+  receive loops share the room (``receivers``), so receiving is not one round trip per 10
+  messages.
 * A message is a lease: a short visibility timeout, extended by one heartbeat loop for every
   message in flight (ChangeMessageVisibilityBatch), never past SQS's 12 h cap.
 * Acks are batched (DeleteMessageBatch), a few batches in flight at once, and each batch's
@@ -169,9 +170,11 @@ class Consumer:
         self._room_freed.set()
         self._metrics.jobs_held.set(round(self._load))
 
-    def _weigh(self, lease: Lease, jobs: int) -> None:
-        """The message was read: count its real number of jobs instead of the estimate."""
-        self._recent.append(jobs)
+    def _weigh(self, lease: Lease, jobs: int, limit: int | None = None) -> None:
+        """The message was read: count its real number of jobs instead of the estimate.
+        The next messages are expected as large as the sender's bundle ``limit``: its
+        bundles grow up to it."""
+        self._recent.append(max(jobs, limit or 0))
         self._load += jobs - lease.weight
         lease.weight = jobs
         self._room_freed.set()
@@ -361,7 +364,7 @@ class Consumer:
     # -- a bundle -------------------------------------------------------------------------
 
     async def _process_bundle(self, lease: Lease, bundle: Bundle) -> None:
-        self._weigh(lease, len(bundle.jobs))
+        self._weigh(lease, len(bundle.jobs), bundle.limit)
         attempt = bundle.attempts + lease.receive_count
         structlog.contextvars.bind_contextvars(bundle_id=bundle.id)
         outcomes = await asyncio.gather(*(self._bundled(lease, item, attempt)
@@ -394,7 +397,7 @@ class Consumer:
         """Put jobs to try again back onto the queue, delayed, with the attempts they had."""
         delay = self._backoff(attempt)
         body = encode_bundle([item_body(i) for i in items], bundle_id=bundle.id,
-                             attempts=attempt)
+                             attempts=attempt, limit=bundle.limit)
         try:
             await self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=body,
                                          DelaySeconds=delay)

@@ -151,8 +151,9 @@ def bodies(n: int) -> list[str]:
     return [job_body(f"k{i}") for i in range(n)]
 
 
-def bundles(n: int, size: int) -> list[str]:
-    return [encode_bundle([job_body(f"b{b}-k{i}") for i in range(size)], bundle_id=f"b{b}")
+def bundles(n: int, size: int, limit: int | None = None) -> list[str]:
+    return [encode_bundle([job_body(f"b{b}-k{i}") for i in range(size)], bundle_id=f"b{b}",
+                          limit=limit)
             for b in range(n)]
 
 
@@ -246,8 +247,16 @@ async def test_bundles_and_single_jobs_are_each_done_once_within_max_jobs() -> N
     assert copies.running.most == 16  # max_jobs ran at once, never more
 
 
-async def test_a_worker_holding_a_bundle_leaves_the_next_ones_to_other_workers() -> None:
+@pytest.mark.parametrize("growing", [False, True], ids=["full-bundles", "bundles-that-grow"])
+async def test_a_worker_holding_a_bundle_leaves_the_next_ones_to_other_workers(
+        growing: bool) -> None:
     copies = Copies(uneven=True)
+    if growing:  # as the dispatcher sends them: bundles of 1, 2, 4, ... 100, naming 100
+        sizes = [1, 2, 4, 8, 16, 32, 64] + [100] * 17
+        messages = [encode_bundle([job_body(f"b{b}-k{i}") for i in range(size)], limit=100)
+                    for b, size in enumerate(sizes)]
+    else:
+        messages = bundles(20, 100)
 
     class Watched(MemorySqs):
         """Notes, at every receive, how many held bundles still have jobs to copy."""
@@ -260,11 +269,12 @@ async def test_a_worker_holding_a_bundle_leaves_the_next_ones_to_other_workers()
             self.most_unfinished = max(self.most_unfinished, len(unfinished))
             return await super().receive_message(**kwargs)
 
-    sqs = Watched(bundles(20, 100))
+    sqs = Watched(messages)
 
     await consume(sqs, copies, max_jobs=16, receivers=4)
 
-    assert sum(copies.keys.values()) == 2000 and sqs.receive_calls >= 20
+    assert sum(copies.keys.values()) == (1827 if growing else 2000)
+    assert sqs.receive_calls >= (10 if growing else 20)
     # it asks for another bundle only once fewer than max_jobs jobs of the one it holds are
     # left: never while two are unfinished, and one at a time (not 10 x 100 jobs at once)
     assert sqs.most_unfinished == 1

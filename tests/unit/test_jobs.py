@@ -73,6 +73,10 @@ def test_delete_job_decodes() -> None:
     (json.dumps({"v": 1, "kind": "bundle", "id": "", "jobs": [job()]}), "invalid_job"),
     (json.dumps({"v": 1, "kind": "bundle", "id": "b", "jobs": [job()], "x": 1}), "invalid_job"),
     (json.dumps({"v": 2, "kind": "bundle", "id": "b", "jobs": [job()]}), "unknown_version"),
+    (json.dumps({"v": 1, "kind": "bundle", "id": "b", "limit": 0, "jobs": [job()]}),
+     "invalid_job"),
+    (json.dumps({"v": 1, "kind": "bundle", "id": "b", "limit": "9", "jobs": [job()]}),
+     "invalid_job"),
 ])
 def test_malformed_messages_are_rejected_with_a_reason(body: str, reason: str) -> None:
     with pytest.raises(BadMessage) as info:
@@ -98,11 +102,11 @@ def test_a_bundle_carries_its_jobs_and_their_attempts() -> None:
                    destination=DestinationRef(endpoint="c", bucket="bkt2", key="sp ace+%25/ü"))
     delete = DeleteJob(destination=DestinationRef(endpoint="c", bucket="bkt2", key="gone"))
 
-    body = encode_bundle([encode(copy), encode(delete)], bundle_id="b1", attempts=2)
+    body = encode_bundle([encode(copy), encode(delete)], bundle_id="b1", attempts=2, limit=100)
 
     message = decode(body)
     assert isinstance(message, Bundle)
-    assert (message.id, message.attempts, len(message.jobs)) == ("b1", 2, 2)
+    assert (message.id, message.attempts, message.limit, len(message.jobs)) == ("b1", 2, 100, 2)
     assert jobs_of(body) == [copy, delete]
     # an entry on its own is a whole job message again (what the dead-letter queue gets)
     assert decode(item_body(message.jobs[0])) == copy

@@ -81,9 +81,10 @@ async def test_small_jobs_share_messages_and_large_ones_travel_alone() -> None:
     messages = [decode(body) for body in sqs.messages]
     # bundles double from one job, so a small backfill still spreads over several workers
     assert [len(m.jobs) for m in messages if isinstance(m, Bundle)] == [
-        2, 4, 8, 16, 32, 64, 100, 29]
+        1, 2, 4, 8, 16, 32, 64, 100, 29]
+    assert {m.limit for m in messages if isinstance(m, Bundle)} == {100}  # for the workers
     assert sorted(m.source.key for m in messages if isinstance(m, CopyJob)) == [
-        "large/0", "large/1", "large/2", "small/0"]  # a bundle of one travels plain
+        "large/0", "large/1", "large/2"]
     assert by_key(sent_jobs(sqs)) == by_key(jobs)  # each job exactly once, unchanged
     assert len(sent_jobs(sqs)) == len(jobs)
     assert metrics.messages_sent._value.get() == 12
@@ -111,9 +112,11 @@ async def test_bundles_of_long_keys_stay_within_their_byte_limit() -> None:
     assert sent_jobs(sqs) == jobs
 
 
-async def test_a_lone_small_job_is_sent_as_a_plain_job() -> None:
+async def test_a_lone_small_job_travels_in_a_bundle_that_names_the_limit() -> None:
     job = copy("only", 1)
 
-    sqs, _ = await send([job])
+    sqs, _ = await send([job], jobs_per_message=50)
 
-    assert [decode(body) for body in sqs.messages] == [job]
+    [message] = [decode(body) for body in sqs.messages]
+    assert isinstance(message, Bundle) and message.limit == 50
+    assert jobs_of(sqs.messages[0]) == [job]
