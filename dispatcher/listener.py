@@ -35,6 +35,9 @@ from dispatcher.events import (
 from dispatcher.sender import JobSender
 
 log = get_logger(__name__)
+# The jobs of one receive batch (10 events x destinations) go in bundles of at most this many,
+# and the bundles name it: a worker then expects bundles this small, not the backfill's 100.
+EVENT_BUNDLE_JOBS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,8 +122,11 @@ class Listener:
                 continue
             done.append(message)
             parsed.extend((message, e) for e in events)
+        bundling = self._settings.bundling  # one receive batch makes a few jobs: say so
+        bundling = bundling.model_copy(update={"jobs_per_message": min(
+            bundling.jobs_per_message, EVENT_BUNDLE_JOBS)})
         sender = JobSender(self._sqs, self._settings.job_queue_url, metrics=self._metrics,
-                           policy=self._send_policy, bundling=self._settings.bundling)
+                           policy=self._send_policy, bundling=bundling)
         applied: list[S3Event] = []
         batch = SequencerBook()  # committed to self._book only once the jobs are sent
         for event in in_sequencer_order(e for _, e in parsed):

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from common.jobs import CopyJob, DeleteJob, jobs_of
+from common.jobs import Bundle, CopyJob, DeleteJob, decode, jobs_of
 from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy
 from common.routes import Route
 from dispatcher.events import BadEvent, Kind, SequencerBook, decode_key, parse
-from dispatcher.listener import Listener, ListenerSettings
+from dispatcher.listener import EVENT_BUNDLE_JOBS, Listener, ListenerSettings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -128,6 +128,7 @@ def test_sequencers_compare_after_left_padding() -> None:
 class FakeSqs:
     def __init__(self) -> None:
         self.sent: list[CopyJob | DeleteJob] = []
+        self.bodies: list[str] = []
         self.dead: list[tuple[str, str]] = []
         self.deleted: list[str] = []
         self.fail_sends = False
@@ -139,6 +140,7 @@ class FakeSqs:
                 {"Id": e["Id"], "Code": "InternalError", "SenderFault": False}
                 for e in Entries]}
         self.sent.extend(j for e in Entries for j in jobs_of(e["MessageBody"]))
+        self.bodies.extend(e["MessageBody"] for e in Entries)
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
     async def send_message(self, *, QueueUrl: str, MessageBody: str,
@@ -307,3 +309,16 @@ def test_equal_sequencer_drops_a_duplicate_but_not_another_change() -> None:
     recreated = ("ObjectCreated:Put", "etag-2", 12, None, False)
     assert not book.is_stale("b", "k", "0055", recreated)
     assert book.is_stale("b", "k", "0054", recreated)  # older is always stale
+
+
+async def test_the_jobs_of_a_batch_of_events_go_in_small_bundles_that_say_so() -> None:
+    sqs = FakeSqs()
+    keys = [f"in/k{i}" for i in range(10)]
+
+    await listener(sqs).handle_batch(messages(
+        *(direct(record("ObjectCreated:Put", k, seq=f"{i + 1:02X}")) for i, k in enumerate(keys))))
+
+    assert len(sqs.sent) == 20  # 10 events x 2 destinations
+    bundles = [decode(body) for body in sqs.bodies]
+    assert all(isinstance(b, Bundle) and b.limit == EVENT_BUNDLE_JOBS for b in bundles)
+    assert [len(b.jobs) for b in bundles] == [1, 2, 4, 8, 5]  # type: ignore[union-attr]
