@@ -153,7 +153,8 @@ async def test_sigterm_drains_exits_0_and_loses_nothing(
     copied_before = sum(1 for line in lines if line["event"] == "job_copied")
     assert copied_before + summary.results["copied"] + summary.results["skipped"] >= 6
     if bundled and copied_before < 6:  # the bundle came back whole: what was done is skipped
-        assert summary.results["skipped"] == copied_before
+        # (a job may also have finished after its log line could be written: skipped too)
+        assert summary.results["skipped"] >= copied_before
 
 
 def _copied_at_least(port: int, n: int) -> Any:
