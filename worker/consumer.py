@@ -56,6 +56,11 @@ ACKS_IN_FLIGHT = 4  # DeleteMessageBatch calls at once
 RECENT_MESSAGES = 20  # how many messages' job counts predict the next ones'
 
 
+def error_text(error: str) -> str:
+    """An error as it may be logged or put in a dead letter: scrubbed, then bounded."""
+    return scrub_text(error)[:MAX_ERROR_TEXT]
+
+
 @dataclass
 class Lease:
     message_id: str
@@ -354,7 +359,7 @@ class Consumer:
         else:
             delay = self._backoff(lease.receive_count)
             log.info("job_released", reason=outcome.reason,
-                     error=scrub_text(outcome.error)[:MAX_ERROR_TEXT], retry_in=delay)
+                     error=error_text(outcome.error), retry_in=delay)
             await self._release(lease, delay=delay)
 
     def _backoff(self, attempt: int) -> int:
@@ -388,7 +393,7 @@ class Consumer:
             outcome = await self._execute(job, attempt=attempt)
             if outcome.action == "retry":
                 log.info("job_to_retry", reason=outcome.reason,
-                         error=scrub_text(outcome.error)[:MAX_ERROR_TEXT])
+                         error=error_text(outcome.error))
             return outcome
         finally:
             self._job_done(lease)
@@ -449,7 +454,7 @@ class Consumer:
 
     async def _dead_letter(self, lease: Lease, reason: str, error: str, *, route: str) -> None:
         """Copy the message to the DLQ with its reason, then delete it. Never loses it."""
-        text = scrub_text(error)[:MAX_ERROR_TEXT]
+        text = error_text(error)
         try:
             await self._sqs.send_message(
                 QueueUrl=self._dlq_url, MessageBody=lease.body or "<empty>",
@@ -468,7 +473,7 @@ class Consumer:
         kept: list[Any] = []
         for start in range(0, len(dead), SQS_MAX_BATCH):
             chunk = dead[start:start + SQS_MAX_BATCH]
-            texts = [scrub_text(o.error)[:MAX_ERROR_TEXT] for _, o in chunk]
+            texts = [error_text(o.error) for _, o in chunk]
             entries = [{"Id": str(n), "MessageBody": item_body(item),
                         "MessageAttributes": self._dead_attributes(
                             lease, o.reason, text, o.route, attempt, bundle.id)}
