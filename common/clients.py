@@ -1,4 +1,4 @@
-"""Client factory: one aioboto3 session and config per named endpoint.
+"""Client factory: one aiobotocore session and config per named endpoint.
 
 Per-endpoint checksum behaviour matters: boto3 >= 1.36 sends checksums by default and several
 S3-compatible stores reject them (``checksums = "when_required"``).
@@ -20,8 +20,6 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-import aioboto3
-import boto3
 import botocore.session
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
@@ -98,15 +96,40 @@ def _explicit_keys(ep: Endpoint) -> bool:
     return isinstance(ep.credentials, StaticCredentials | EnvCredentials)
 
 
-def async_session(ep: Endpoint) -> aioboto3.Session:
-    kwargs: dict[str, Any] = _credential_kwargs(ep)
-    if _explicit_keys(ep):
-        kwargs["botocore_session"] = AioSession(session_vars=_NO_PROFILE)
-    return aioboto3.Session(region_name=ep.region, **kwargs)
+class EndpointSession:
+    """One endpoint's aiobotocore session: its region, its credentials, its clients.
+
+    aiobotocore directly, not aioboto3: aioboto3 imports all of boto3 for its resources,
+    which s3ferry never uses (a sixth of a second at every start).
+    """
+
+    def __init__(self, ep: Endpoint) -> None:
+        creds = _credential_kwargs(ep)
+        session = AioSession(session_vars=_NO_PROFILE) if _explicit_keys(ep) else AioSession()
+        if "profile_name" in creds:
+            session.set_config_variable("profile", creds["profile_name"])
+        if "aws_access_key_id" in creds:
+            session.set_credentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
+                                    creds.get("aws_session_token"))
+        session.set_config_variable("region", ep.region)
+        self._session: Any = session  # typed stubs overload create_client per service
+
+    def client(self, service: str, *, endpoint_url: str | None, config: Config) -> Any:
+        """An async context manager that opens the client."""
+        return self._session.create_client(service, endpoint_url=endpoint_url, config=config)
+
+    async def get_credentials(self) -> Any:
+        return await self._session.get_credentials()
+
+
+def async_session(ep: Endpoint) -> EndpointSession:
+    return EndpointSession(ep)
 
 
 def sync_client(ep: Endpoint, service: str = "s3") -> Any:
     """A plain boto3 client for scripts, the demo and tests."""
+    import boto3.session  # not at import time: the services never need boto3
+
     kwargs: dict[str, Any] = _credential_kwargs(ep)
     if _explicit_keys(ep):
         kwargs["botocore_session"] = botocore.session.Session(session_vars=_NO_PROFILE)
