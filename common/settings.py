@@ -139,7 +139,7 @@ class WorkerSettings(BaseModel):
 
 
 class DispatcherSettings(BaseModel):
-    """How ``s3ferry backfill`` and ``s3ferry events`` put jobs on the queue."""
+    """How ``s3ferry backfill``, ``events`` and ``serve`` put jobs on the queue."""
 
     model_config = _FROZEN
     # Small jobs share a message, up to this many (1: a message per job). Fewer SQS calls
@@ -148,6 +148,12 @@ class DispatcherSettings(BaseModel):
     # Copies of objects up to this size may share a message; larger ones get their own, so
     # they spread over the fleet's workers.
     bundle_object_bytes: int = Field(default=1 * MIB, ge=0)
+    # ``s3ferry serve``: where its intake API listens, and the bearer token every request
+    # must carry (S3FERRY_DISPATCHER__INTAKE_TOKEN; the service will not start without one).
+    # Plain HTTP: put TLS in front of it (ingress, load balancer) beyond one host.
+    intake_host: str = "127.0.0.1"
+    intake_port: int = Field(default=9410, ge=0, le=65_535)
+    intake_token: SecretStr | None = None
 
 
 class Settings(BaseSettings):

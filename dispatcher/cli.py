@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 from common.clients import ClientPool
@@ -23,17 +24,13 @@ from common.logs import configure_logging, get_logger
 from common.metrics import DispatcherMetrics, start_process
 from common.routes import Route
 from common.settings import Settings, load_settings
+from dispatcher.args import backfill_entry, common_options
 from dispatcher.backfill import Backfill, BackfillOptions, Progress, reporting
 from dispatcher.diff import Mode, OrderError
 from dispatcher.listener import Listener, ListenerSettings, ListenerSummary
 from dispatcher.sender import DryRun, JobSender
 
 log = get_logger(__name__)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with endpoints and routes (S3FERRY_CONFIG)")
-    parser.add_argument("--queue-url", help="job queue URL (S3FERRY_QUEUE_URL)")
 
 
 def select_routes(settings: Settings, names: Sequence[str] | None) -> list[Route]:
@@ -48,7 +45,7 @@ def select_routes(settings: Settings, names: Sequence[str] | None) -> list[Route
     return [settings.routes[n] for n in names]
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+def load_cli_settings(args: argparse.Namespace, **extra: Any) -> Settings:
     overrides: dict[str, Any] = dict(extra)
     if getattr(args, "queue_url", None):
         overrides["queue_url"] = args.queue_url
@@ -57,44 +54,25 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 # -- backfill ------------------------------------------------------------------------------
 
-def backfill_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="s3ferry backfill",
-        description="List each route's source and destinations, diff them as two sorted "
-                    "streams and enqueue copy jobs for what is missing or differs (and delete "
-                    "jobs with --delete). Safe to re-run; runs whether or not the queue is "
-                    "empty. Prints a JSON summary on stdout.")
-    _common(parser)
-    parser.add_argument("--route", action="append", dest="routes", metavar="NAME",
-                        help="only this route (repeatable; default: every route)")
-    parser.add_argument("--compare", choices=[m.value for m in Mode], default="size",
-                        help="size: equal sizes count as copied (fast); checksum: equal sizes "
-                             "are checked by full-object checksum or the worker's fingerprint "
-                             "(one HEAD per side); always: copy everything (default: size)")
-    parser.add_argument("--delete", action="store_true",
-                        help="also delete destination objects absent from the source (only "
-                             "below the destination prefix and inside the route's globs)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="enqueue nothing; print counts, bytes and a sample")
-    parser.add_argument("--shards", type=int, default=1, metavar="N",
-                        help="list first-level directories in parallel, N at a time")
-    parser.add_argument("--sample", type=int, default=10, metavar="N",
-                        help="jobs shown in the summary (default 10)")
-    parser.add_argument("--progress-seconds", type=float, default=5.0,
-                        help="interval of progress reports (default 5)")
-    return parser
-
-
 async def run_backfill(settings: Settings, routes: list[Route], options: BackfillOptions, *,
                        dry_run: bool = False, metrics: DispatcherMetrics | None = None,
                        progress_seconds: float = 5.0, tty: bool = False,
-                       sample: int = 10) -> dict[str, Any]:
-    """Run a backfill; return the summary printed by the CLI."""
+                       sample: int = 10, clients: ClientPool | None = None,
+                       progress: Progress | None = None) -> dict[str, Any]:
+    """Run a backfill; return the summary printed by the CLI.
+
+    ``clients``: an open pool to use (``s3ferry serve`` keeps one for all its backfills);
+    without it one is opened and closed here.
+    """
     metrics = metrics or DispatcherMetrics()
     if not dry_run and not settings.queue_url:
         raise ConfigError("S3FERRY_QUEUE_URL (or --queue-url) must be set, or use --dry-run")
     started = time.monotonic()
-    async with ClientPool(settings.endpoints, pool=options.head_concurrency + 8) as clients:
+    progress = progress or Progress()
+    async with AsyncExitStack() as stack:
+        if clients is None:
+            clients = await stack.enter_async_context(
+                ClientPool(settings.endpoints, pool=options.head_concurrency + 8))
         sink: DryRun | JobSender
         if dry_run:
             sink = DryRun(sample_size=sample)
@@ -102,7 +80,6 @@ async def run_backfill(settings: Settings, routes: list[Route], options: Backfil
             sqs = await clients.get(settings.queue_endpoint, "sqs")
             sink = JobSender(sqs, settings.queue_url, metrics=metrics, sample_size=sample,
                              bundling=settings.dispatcher)
-        progress = Progress()
         job = Backfill(clients=clients, sink=sink, options=options, metrics=metrics,
                        progress=progress)
 
@@ -130,9 +107,13 @@ async def _tty_line(text: str) -> None:
 
 
 def backfill_main(argv: Sequence[str] | None = None) -> int:
-    args = backfill_parser().parse_args(argv)
+    return backfill_entry(argv)
+
+
+def backfill_local(args: argparse.Namespace) -> int:
+    """Run the backfill in this process (no ``--server``)."""
     try:
-        settings = _settings(args)
+        settings = load_cli_settings(args)
         routes = select_routes(settings, args.routes)
         if args.shards < 1:
             raise ConfigError("--shards must be at least 1")
@@ -170,7 +151,7 @@ def events_parser() -> argparse.ArgumentParser:
                     "every destination of the matching routes. Stale events (older sequencer "
                     "than one applied for the key) are dropped; unparseable ones go to the "
                     "dead-letter queue with a reason.")
-    _common(parser)
+    common_options(parser)
     parser.add_argument("--events-queue-url", default=env("S3FERRY_EVENTS_QUEUE_URL"),
                         help="queue receiving the S3 events (S3FERRY_EVENTS_QUEUE_URL)")
     parser.add_argument("--events-dlq-url", default=env("S3FERRY_EVENTS_DLQ_URL"),
@@ -229,7 +210,7 @@ def events_main(argv: Sequence[str] | None = None) -> int:
     args = events_parser().parse_args(argv)
     try:
         extra = {"metrics_port": args.metrics_port} if args.metrics_port is not None else {}
-        settings = _settings(args, **extra)
+        settings = load_cli_settings(args, **extra)
         routes = select_routes(settings, args.routes)
         options = listener_settings(args, settings)
     except ConfigError as exc:
@@ -250,7 +231,7 @@ def status_parser() -> argparse.ArgumentParser:
         prog="s3ferry status",
         description="Show the job queue's depth in messages (a bundle carries many small jobs), "
                     "messages in flight and the dead-letter count.")
-    _common(parser)
+    common_options(parser)
     parser.add_argument("--dlq-url", help="dead-letter queue URL (S3FERRY_DLQ_URL)")
     parser.add_argument("--watch", type=float, metavar="SECONDS",
                         help="refresh every SECONDS and show the drain rate")
@@ -294,7 +275,7 @@ async def _status_loop(settings: Settings, *, watch: float | None, as_json: bool
 def status_main(argv: Sequence[str] | None = None) -> int:
     args = status_parser().parse_args(argv)
     try:
-        settings = _settings(args, **({"dlq_url": args.dlq_url} if args.dlq_url else {}))
+        settings = load_cli_settings(args, **({"dlq_url": args.dlq_url} if args.dlq_url else {}))
         if not settings.queue_url:
             raise ConfigError("S3FERRY_QUEUE_URL (or --queue-url) must be set")
     except ConfigError as exc:

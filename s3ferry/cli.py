@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("backfill", help="diff sources and destinations, enqueue what is missing",
                    add_help=False)
+    sub.add_parser("serve", help="the dispatcher as a service: backfills on request (HTTP API)",
+                   add_help=False)
     sub.add_parser("events", help="turn S3 event notifications into copy and delete jobs",
                    add_help=False)
     sub.add_parser("status", help="queue depth, messages in flight, dead letters",
@@ -31,8 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worker.main import main as worker_main
         return worker_main(rest)
     if command == "backfill":
-        from dispatcher.cli import backfill_main
-        return backfill_main(rest)
+        from dispatcher.args import backfill_entry  # light: --server starts in milliseconds
+        return backfill_entry(rest)
+    if command == "serve":
+        from dispatcher.intake import serve_main
+        return serve_main(rest)
     if command == "events":
         from dispatcher.cli import events_main
         return events_main(rest)
