@@ -159,6 +159,12 @@ def markdown(report: dict[str, Any]) -> str:
                  f"work; load average at start {report['environment']['loadavg_start']}, at "
                  f"end {report['environment']['loadavg_end']}. Medians of "
                  f"{report['reps']} interleaved repetitions; only verified runs count.\n")
+    lines.append("`s3ferry` is a deployed fleet: its workers and `s3ferry serve` run before the "
+                 "clock starts, and the clock runs from `s3ferry backfill --server` until every "
+                 "job is acknowledged. `s3ferry cold` starts the worker and `s3ferry backfill` "
+                 "processes with the clock (their Python start and imports included). Targets "
+                 "use `s3ferry`; CPU seconds include every s3ferry process's start either way."
+                 "\n")
     lines += _copy_table(report)
     lines += _diff_table(report)
     lines += _scale_table(summary)

@@ -4,10 +4,19 @@ Every runner starts its processes, waits until the copy is complete, and returns
 the CPU seconds and peak RSS of the processes it started (never the emulators'), and what
 each process used. Verification is the caller's; a failed process raises :class:`RunFailed`.
 
-s3ferry's wall time runs from starting the workers and ``s3ferry backfill`` together (the
-backfill lists, diffs and enqueues while the workers already copy) until the queue holds no
-message, visible, in flight or delayed: every job acknowledged, i.e. copied and verified by
-the worker. Then the workers get SIGTERM, as a fleet would be scaled in, and exit.
+s3ferry runs two ways (``Variant.start``):
+
+* ``fleet`` (the label ``s3ferry``), as deployed: the workers and ``s3ferry serve`` are
+  started and ready (the service answers /healthz, every worker has logged its start) before
+  the clock starts; the clock runs from ``s3ferry backfill --server``, a request to the
+  running service.
+* ``cold`` (``s3ferry cold``): the clock starts with the worker and ``s3ferry backfill``
+  processes, so it includes their Python start and imports (about 0.6 s).
+
+Either way it stops when the queue holds no message, visible, in flight or delayed: every job
+acknowledged, i.e. copied and verified by a worker. Then the processes get SIGTERM, as a fleet
+would be scaled in, and exit. CPU seconds are every s3ferry process's whole life, start
+included, in both ways.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +37,12 @@ import boto3
 
 from bench.measure import Child, Usage
 from bench.workloads import Variant
-from s3ferry.localbed import REPO_ROOT, LocalServer
+from s3ferry.localbed import REPO_ROOT, LocalServer, free_port
 
 DRAIN_POLL_SECONDS = 0.1
+READY_TIMEOUT_SECONDS = 120.0
+# The fleet's service and its callers share this bench-only token.
+INTAKE_ENV = {"S3FERRY_DISPATCHER__INTAKE_TOKEN": "bench-" + uuid.uuid4().hex}
 RUN_TIMEOUT_SECONDS = 1800.0
 
 
@@ -135,29 +148,44 @@ class Tools:
         config = self.s3ferry_config(run_dir, src, dst)
         queue, dlq = self.new_queues()
         env = self.s3ferry_env()
+        services: list[Child] = []
+        spy: Child | None = None
         try:
             began = time.perf_counter()
             workers = [Child(f"worker{i}", worker_argv(config, queue, dlq, run_dir, i),
                              env=env, log=run_dir / f"worker{i}.log", cwd=REPO_ROOT)
                        for i in range(variant.workers)]
-            spy = _py_spy(workers[0].pid, profile, run_dir) if profile else None
-            producers = enqueue(config, queue, run_dir, env, variant.flags)
             try:
-                _wait_for_producers(producers, workers)
+                spy = _py_spy(workers[0].pid, profile, run_dir) if profile else None
+                if variant.start == "fleet":
+                    port = free_port()
+                    services.append(Child("serve", serve_argv(config, queue, port),
+                                          env=env | INTAKE_ENV, log=run_dir / "serve.log",
+                                          cwd=REPO_ROOT))
+                    _wait_until_ready(services[0], port, workers)
+                    began = time.perf_counter()
+                    producers = [Child("backfill", remote_backfill_argv(port, variant.flags),
+                                       env=env | INTAKE_ENV, log=run_dir / "backfill.log",
+                                       stdout=run_dir / "backfill.json", cwd=REPO_ROOT)]
+                else:
+                    producers = enqueue(config, queue, run_dir, env, variant.flags)
+                _wait_for_producers(producers, [*workers, *services])
                 wall = self._wait_drained(queue, workers) - began
             finally:
-                for w in workers:
-                    w.terminate()
+                for child in [*workers, *services]:
+                    child.terminate()
                 usages = [w.wait(timeout=120) for w in workers]
+                for child in services:
+                    child.wait(timeout=120)
             if spy is not None:
                 spy.wait(timeout=120)
-            _check_exits([*producers, *workers])
+            _check_exits([*producers, *workers, *services])
             dead = self.queue_depth(dlq)
             if dead:
                 raise RunFailed(f"{dead} jobs in the dead-letter queue\n{workers[0].tail()}")
         finally:
             self.drop_queues(queue, dlq)
-        return _result(wall, producers, workers, usages,
+        return _result(wall, [*producers, *services], workers, usages,
                        details={"workers": [_summary(run_dir, i) for i in range(len(workers))],
                                 "backfill": _backfill_summary(producers)})
 
@@ -226,6 +254,50 @@ def enqueue(config: Path, queue: str, run_dir: Path, env: Mapping[str, str],
     return [Child("backfill", backfill_argv(config, queue, flags), env=env,
                   log=run_dir / "backfill.log", stdout=run_dir / "backfill.json",
                   cwd=REPO_ROOT)]
+
+
+def serve_argv(config: Path, queue: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "s3ferry", "serve", "--config", str(config), "--queue-url",
+            queue, "--port", str(port), "--no-metrics"]
+
+
+def remote_backfill_argv(port: int, flags: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "s3ferry", "backfill", "--server", f"http://127.0.0.1:{port}",
+            *flags]
+
+
+def _wait_until_ready(service: Child, port: int, workers: Sequence[Child]) -> None:
+    """The fleet is up: the service answers /healthz and every worker has logged its start
+    (its queue client open, its first receive about to be sent)."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    pending = list(workers)
+    healthy = False
+    while not healthy or pending:
+        for child in [service, *workers]:
+            if child.poll() is not None:
+                raise RunFailed(f"{child.name} exited while starting with {child.usage}\n"
+                                f"{child.tail()}")
+        if time.monotonic() > deadline:
+            raise RunFailed(f"the fleet was not ready after {READY_TIMEOUT_SECONDS} s")
+        pending = [w for w in pending if b'"worker_started"' not in _read(w.log)]
+        if not healthy:
+            healthy = _answers(f"http://127.0.0.1:{port}/healthz")
+        time.sleep(0.02)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
 def backfill_argv(config: Path, queue: str | None, flags: Sequence[str]) -> list[str]:

@@ -50,6 +50,10 @@ class Variant:
     tool: str  # "s3ferry" | "rclone" | "s5cmd"
     workers: int = 1  # s3ferry worker processes on the one queue
     flags: tuple[str, ...] = ()
+    # s3ferry: "fleet": workers and ``s3ferry serve`` are running before the clock starts
+    # (a deployed fleet), and the clock runs from ``s3ferry backfill --server``; "cold": the
+    # clock starts with the workers and ``s3ferry backfill`` processes themselves.
+    start: str = "fleet"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,19 +116,22 @@ RCLONE_DRY = (*_RCLONE_BASE, "--checkers", "32", "--dry-run")
 S5CMD = ("--numworkers", "64", "--log", "error")
 
 S3FERRY = Variant(label="s3ferry", tool="s3ferry")
+S3FERRY_COLD = Variant(label="s3ferry cold", tool="s3ferry", start="cold")
 
 
 def _cross(wid: str, title: str, objects: ObjectSet, rclone: tuple[str, ...],
            sample: int) -> Workload:
     return Workload(id=wid, title=title, objects=objects, destination=CROSS,
-                    variants=(S3FERRY, Variant(label="rclone", tool="rclone", flags=rclone)),
+                    variants=(S3FERRY, S3FERRY_COLD,
+                              Variant(label="rclone", tool="rclone", flags=rclone)),
                     baseline="rclone", verify_sample=sample)
 
 
 def _same(wid: str, title: str, objects: ObjectSet, rclone: tuple[str, ...],
           sample: int) -> Workload:
     return Workload(id=wid, title=title, objects=objects, destination=SAME,
-                    variants=(S3FERRY, Variant(label="s5cmd", tool="s5cmd", flags=S5CMD),
+                    variants=(S3FERRY, S3FERRY_COLD,
+                              Variant(label="s5cmd", tool="s5cmd", flags=S5CMD),
                               Variant(label="rclone", tool="rclone", flags=rclone)),
                     baseline="s5cmd", verify_sample=sample)
 

@@ -40,6 +40,9 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
         assert run["verify"]["objects"] == objects.count
         assert run["verify"]["bytes"] == objects.total_bytes
         assert run["cpu_seconds"] > 0 and run["peak_rss"] > 0
+        if run["tool"] == "s3ferry":  # a fleet's backfill went through s3ferry serve
+            assert ("serve" in run["processes"]) == (run["variant"] != "s3ferry cold")
+            assert run["details"]["backfill"]["enqueued"]["jobs"] == {"copy": objects.count}
 
     files = {kind: Path(path) for kind, path in report["files"].items()}
     assert json.loads(files["json"].read_text())["plan"] == "smoke"
