@@ -39,7 +39,7 @@ from bench.measure import Child, Usage
 from bench.workloads import Variant
 from s3ferry.localbed import REPO_ROOT, LocalServer, free_port
 
-DRAIN_POLL_SECONDS = 0.1
+DRAIN_POLL_SECONDS = 0.05  # the resolution of s3ferry's end time (peers: process exit)
 READY_TIMEOUT_SECONDS = 120.0
 # The fleet's service and its callers share this bench-only token.
 INTAKE_ENV = {"S3FERRY_DISPATCHER__INTAKE_TOKEN": "bench-" + uuid.uuid4().hex}
