@@ -65,7 +65,10 @@ def backfill_request(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def backfill_entry(argv: Sequence[str] | None = None) -> int:
-    args = backfill_parser().parse_args(argv)
+    parser = backfill_parser()
+    args = parser.parse_args(argv)
+    if args.no_wait and not args.server:
+        parser.error("--no-wait goes with --server")
     if args.server:
         from dispatcher.submit import submit_backfill
         return submit_backfill(args)
