@@ -145,7 +145,7 @@ class Intake:
 
     async def _create(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            body = await request.json() if request.can_read_body else {}  # none: defaults
             wanted = BackfillRequest.model_validate(body)
         except ValueError as exc:  # bad JSON, or ValidationError (a ValueError)
             return _error(400, _explain(exc))

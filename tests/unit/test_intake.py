@@ -103,10 +103,12 @@ async def test_one_backfill_per_route_and_long_polls_end_with_the_run(api: Any) 
     ended = await (await polled).json()
     assert ended["state"] == "done" and ended["summary"] == {"enqueued": {"jobs": {"copy": 3}}}
 
-    again = await client.post("/v1/backfills", json={"routes": ["one"]}, headers=AUTH)
-    assert again.status == 202  # the route is free again
+    every = await client.post("/v1/backfills", headers=AUTH)  # no body: every route
+    assert every.status == 409  # two is still running
     held.release["two"].set_exception(FerryError("listing failed: AccessDenied"))
     await asyncio.sleep(0.01)
+    again = await client.post("/v1/backfills", json={"routes": ["one"]}, headers=AUTH)
+    assert again.status == 202  # one is free again
     listed = await (await client.get("/v1/backfills", headers=AUTH)).json()
     states = [(r["routes"], r["state"], r.get("error")) for r in listed["backfills"]]
     assert states == [(["one"], "running", None),
