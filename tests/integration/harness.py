@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,23 @@ from common.settings import Settings, load_settings
 from worker.consumer import Summary
 from worker.main import run_worker
 from worker.replicate import Replicator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def running(argv: Sequence[str], env: Mapping[str, str],
+            log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of the repo's, its output in ``log``; killed if the test leaves it running."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
 
 HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
            "ContentLanguage", "Expires")

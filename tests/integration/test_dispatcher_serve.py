@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from s3ferry.localbed import free_port
-from tests.integration.harness import assert_same_object, run_until_idle
+from tests.integration.harness import assert_same_object, run_until_idle, running
 from tests.integration.test_dispatcher_backfill import AWKWARD, put_many, with_routes
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,14 +34,8 @@ def service(config: Path, queues: Any, log: Path,
     env = dict(os.environ, S3FERRY_LOG_FORMAT="json", S3FERRY_DISPATCHER__INTAKE_TOKEN=TOKEN)
     argv = [sys.executable, "-m", "s3ferry", "serve", "--config", str(config), "--queue-url",
             queues.queue_url, "--port", str(port), "--no-metrics"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+    with running(argv, env, log) as proc:
+        yield proc
 
 
 def call(url: str, *, method: str = "GET", token: str | None = TOKEN,

@@ -28,6 +28,7 @@ from tests.integration.harness import (
     dead_letters,
     drain_queue,
     run_until_idle,
+    running,
     send,
 )
 
@@ -43,14 +44,8 @@ def worker_process(config: Path, queues: Any, log: Path, *, port: int,
     env.update({f"S3FERRY_WORKER__{k.upper()}": str(v) for k, v in worker.items()})
     argv = [sys.executable, "-m", "worker", "--config", str(config), "--queue-url",
             queues.queue_url, "--dlq-url", queues.dlq_url, "--metrics-port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+    with running(argv, env, log) as proc:
+        yield proc
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float = 60, every: float = 0.02) -> Any:
