@@ -192,9 +192,7 @@ class Tools:
     def _wait_drained(self, queue: str, workers: Sequence[Child]) -> float:
         deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
         while self.queue_depth(queue):
-            for w in workers:
-                if w.poll() is not None:
-                    raise RunFailed(f"{w.name} exited early with {w.usage}\n{w.tail()}")
+            _still_running(workers, "early")
             if time.monotonic() > deadline:
                 raise RunFailed(f"queue not drained after {RUN_TIMEOUT_SECONDS} s")
             time.sleep(DRAIN_POLL_SECONDS)
@@ -273,10 +271,7 @@ def _wait_until_ready(service: Child, port: int, workers: Sequence[Child]) -> No
     pending = list(workers)
     healthy = False
     while not healthy or pending:
-        for child in [service, *workers]:
-            if child.poll() is not None:
-                raise RunFailed(f"{child.name} exited while starting with {child.usage}\n"
-                                f"{child.tail()}")
+        _still_running([service, *workers], "while starting")
         if time.monotonic() > deadline:
             raise RunFailed(f"the fleet was not ready after {READY_TIMEOUT_SECONDS} s")
         pending = [w for w in pending if b'"worker_started"' not in _read(w.log)]
@@ -315,13 +310,18 @@ def worker_argv(config: Path, queue: str, dlq: str, run_dir: Path, index: int) -
 def _wait_for_producers(producers: Sequence[Child], workers: Sequence[Child]) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     while any(p.poll() is None for p in producers):
-        for w in workers:
-            if w.poll() is not None:
-                raise RunFailed(f"{w.name} exited early with {w.usage}\n{w.tail()}")
+        _still_running(workers, "early")
         if time.monotonic() > deadline:
             raise RunFailed("backfill did not finish in time")
         time.sleep(0.05)
     _check_exits(producers)
+
+
+def _still_running(children: Sequence[Child], when: str) -> None:
+    """A process that should still run but has exited fails the run, with its log's tail."""
+    for child in children:
+        if child.poll() is not None:
+            raise RunFailed(f"{child.name} exited {when} with {child.usage}\n{child.tail()}")
 
 
 def _check_exits(children: Sequence[Child]) -> None:

@@ -24,7 +24,7 @@ from common.logs import configure_logging, get_logger
 from common.metrics import DispatcherMetrics, start_process
 from common.routes import Route
 from common.settings import Settings, load_settings
-from dispatcher.args import backfill_entry, common_options
+from dispatcher.args import common_options
 from dispatcher.backfill import Backfill, BackfillOptions, Progress, reporting
 from dispatcher.diff import Mode, OrderError
 from dispatcher.listener import Listener, ListenerSettings, ListenerSummary
@@ -104,10 +104,6 @@ async def run_backfill(settings: Settings, routes: list[Route], options: Backfil
 async def _tty_line(text: str) -> None:
     sys.stderr.write("\r\x1b[2K" + text)
     sys.stderr.flush()
-
-
-def backfill_main(argv: Sequence[str] | None = None) -> int:
-    return backfill_entry(argv)
 
 
 def backfill_local(args: argparse.Namespace) -> int:

@@ -78,6 +78,9 @@ class Listener:
         self._book = book or SequencerBook()
         self._policy = RetryPolicy(attempts=5, max_seconds=30)
         self._send_policy = send_policy
+        # one receive batch makes a few jobs: its bundles are small and say so
+        self._bundling = settings.bundling.model_copy(update={"jobs_per_message": min(
+            settings.bundling.jobs_per_message, EVENT_BUNDLE_JOBS)})
         self._stopping = asyncio.Event()
         self.summary = ListenerSummary()
 
@@ -122,11 +125,8 @@ class Listener:
                 continue
             done.append(message)
             parsed.extend((message, e) for e in events)
-        bundling = self._settings.bundling  # one receive batch makes a few jobs: say so
-        bundling = bundling.model_copy(update={"jobs_per_message": min(
-            bundling.jobs_per_message, EVENT_BUNDLE_JOBS)})
         sender = JobSender(self._sqs, self._settings.job_queue_url, metrics=self._metrics,
-                           policy=self._send_policy, bundling=bundling)
+                           policy=self._send_policy, bundling=self._bundling)
         applied: list[S3Event] = []
         batch = SequencerBook()  # committed to self._book only once the jobs are sent
         for event in in_sequencer_order(e for _, e in parsed):

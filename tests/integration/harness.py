@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,17 @@ def running(argv: Sequence[str], env: Mapping[str, str],
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=30)
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 60, every: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
 
 
 HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from s3ferry.localbed import free_port
-from tests.integration.harness import assert_same_object, run_until_idle, running
+from tests.integration.harness import assert_same_object, run_until_idle, running, wait_for
 from tests.integration.test_dispatcher_backfill import AWKWARD, put_many, with_routes
 
 pytestmark = pytest.mark.timeout(300)
@@ -51,16 +50,14 @@ def call(url: str, *, method: str = "GET", token: str | None = TOKEN,
 
 
 def healthy(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def up() -> bool:
         assert proc.poll() is None, log.read_text()
         try:
-            if call(f"{base}/healthz", token=None)[0] == 200:
-                return
+            return call(f"{base}/healthz", token=None)[0] == 200
         except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"s3ferry serve not healthy:\n{log.read_text()}")
+            return False
+
+    wait_for(up, every=0.05)
 
 
 def backfill_cli(base: str, *flags: str,

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from tests.integration.harness import (
     run_until_idle,
     running,
     send,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,16 +46,6 @@ def worker_process(config: Path, queues: Any, log: Path, *, port: int,
             queues.queue_url, "--dlq-url", queues.dlq_url, "--metrics-port", str(port)]
     with running(argv, env, log) as proc:
         yield proc
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 60, every: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def parts_uploaded(client: Any, bucket: str, key: str) -> int:
