@@ -159,6 +159,12 @@ def markdown(report: dict[str, Any]) -> str:
                  f"work; load average at start {report['environment']['loadavg_start']}, at "
                  f"end {report['environment']['loadavg_end']}. Medians of "
                  f"{report['reps']} interleaved repetitions; only verified runs count.\n")
+    gc = report["environment"].get("emulator_gc")
+    if gc and gc["full_collections"]:  # the bench's own bed logs them (not the tests' bed)
+        lines.append(f"The emulators freeze their heap after each full garbage collection "
+                     f"(bench/emulator): {gc['full_collections']} full collections, the "
+                     f"longest paused {gc['max_pause_seconds']} s, "
+                     f"{gc['pauses_over_100ms']} over 0.1 s.\n")
     lines.append("`s3ferry` is a deployed fleet: its workers and `s3ferry serve` run before the "
                  "clock starts, and the clock runs from `s3ferry backfill --server` until every "
                  "job is acknowledged. `s3ferry cold` starts the worker and `s3ferry backfill` "

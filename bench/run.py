@@ -13,6 +13,7 @@ repetition, so drift on this shared machine hits every tool alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -48,6 +49,8 @@ from bench.workloads import (
 from s3ferry.localbed import REPO_ROOT, LocalBed, LocalServer
 
 RESULTS = REPO_ROOT / "bench" / "results"
+EMULATOR_SITE = REPO_ROOT / "bench" / "emulator"  # sitecustomize.py for the emulators
+GC_LOG = "emulator-gc.log"
 Log = Callable[[str], None]
 
 
@@ -226,18 +229,20 @@ def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
     finally:
         tools.close()
     return build_report(plan, list(runs), started=started, env_start=env_start,
-                        seeding=seeding, profiles=profiles, out_dir=out_dir, stem=stem)
+                        seeding=seeding, profiles=profiles, out_dir=out_dir, stem=stem,
+                        workdir=workdir)
 
 
 def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
                  env_start: tuple[float, float, float], seeding: dict[str, float],
-                 profiles: dict[str, Any], out_dir: Path, stem: str | None) -> dict[str, Any]:
+                 profiles: dict[str, Any], out_dir: Path, stem: str | None,
+                 workdir: Path) -> dict[str, Any]:
     summary = reporting.summarize(runs)
     diff = reporting.synthetic_diff(runs)
     report: dict[str, Any] = {
         "plan": plan.name, "reps": plan.reps, "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": _environment(env_start), "settings": _settings(plan),
+        "environment": _environment(env_start, workdir), "settings": _settings(plan),
         "seeding_seconds": seeding,
         "workloads": [_describe(w) for w in plan.workloads],
         "summary": summary, "diff": diff,
@@ -264,7 +269,7 @@ def render(runs_path: Path, plan: Plan, out_dir: Path) -> dict[str, Any]:
                                         if x.rpartition(" ")[2].isdigit())}
     return build_report(plan, [r for r in runs if r["rep"] >= 0], started=started,
                         env_start=os.getloadavg(), seeding={}, profiles=profiles,
-                        out_dir=out_dir, stem=None)
+                        out_dir=out_dir, stem=None, workdir=runs_path.parent)
 
 
 class _JsonLines(list[dict[str, Any]]):
@@ -326,7 +331,27 @@ def _version(argv: list[str]) -> str:
         return f"unknown ({exc})"
 
 
-def _environment(load_start: tuple[float, float, float]) -> dict[str, Any]:
+def emulator_env(workdir: Path) -> dict[str, str]:
+    """The emulators' extra environment: they load ``bench/emulator/sitecustomize.py`` (a
+    frozen heap after each full garbage collection; see there) and log their full
+    collections into the workdir."""
+    return {"PYTHONPATH": str(EMULATOR_SITE), "S3FERRY_BENCH_GC_LOG": str(workdir / GC_LOG)}
+
+
+def emulator_gc(workdir: Path) -> dict[str, Any]:
+    """The emulators' full collections over the bench: how many, and their longest pause."""
+    pauses = []
+    with contextlib.suppress(OSError):
+        for line in (workdir / GC_LOG).read_text().splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            with contextlib.suppress(KeyError, ValueError):
+                pauses.append(float(fields["pause"]))
+    return {"full_collections": len(pauses),
+            "max_pause_seconds": round(max(pauses, default=0.0), 3),
+            "pauses_over_100ms": sum(p > 0.1 for p in pauses)}
+
+
+def _environment(load_start: tuple[float, float, float], workdir: Path) -> dict[str, Any]:
     binaries = Path(sys.executable).parent
     rev = _version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
     dirty = _version(["git", "-C", str(REPO_ROOT), "status", "--porcelain"])
@@ -335,7 +360,8 @@ def _environment(load_start: tuple[float, float, float]) -> dict[str, Any]:
             "rclone": _version([str(binaries / "rclone"), "version"]),
             "s5cmd": _version([str(binaries / "s5cmd"), "version"]),
             "loadavg_start": [round(x, 2) for x in load_start],
-            "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "emulator_gc": emulator_gc(workdir)}
 
 
 # -- command line --------------------------------------------------------------------------
@@ -378,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         with LocalBed(workdir / "bed", partitions=("global", "china", "queues"),
-                      rclone=False) as bed:
+                      rclone=False, extra_env=emulator_env(workdir)) as bed:
             _say(f"local partitions up in {bed.startup_seconds:.1f} s; workdir {workdir}")
             try:
                 result = run_bench(bed.servers, plan, out_dir=args.out, workdir=workdir)
