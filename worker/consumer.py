@@ -53,6 +53,10 @@ log = get_logger(__name__)
 MAX_ERROR_TEXT = 1000
 MAX_AUTO_RECEIVERS = 4
 ACKS_IN_FLIGHT = 4  # DeleteMessageBatch calls at once
+# An ack waits this long for others to share its DeleteMessageBatch, and only while jobs are
+# still running (when none is, no other ack is coming soon: the last job of a backfill, or a
+# lone event, is acknowledged at once).
+ACK_LINGER_SECONDS = 0.05
 RECENT_MESSAGES = 20  # how many messages' job counts predict the next ones'
 
 
@@ -114,6 +118,7 @@ class Consumer:
         self._settings = settings
         self._metrics = metrics
         self._running = asyncio.Semaphore(settings.max_jobs)  # jobs at once
+        self._executing = 0  # jobs being copied or deleted right now
         self._load = 0.0  # jobs held: received (estimated until read) and not yet done
         self._room_freed = asyncio.Event()
         self._recent: deque[int] = deque(maxlen=RECENT_MESSAGES)  # jobs per message
@@ -314,9 +319,11 @@ class Consumer:
         final = attempt >= self._settings.max_attempts
         async with self._running:
             self._metrics.jobs_in_flight.inc()
+            self._executing += 1
             try:
                 return await self._attempt(job, attempt=attempt, final=final)
             finally:
+                self._executing -= 1
                 self._metrics.jobs_in_flight.dec()
 
     async def _attempt(self, job: CopyJob | DeleteJob, *, attempt: int, final: bool) -> Outcome:
@@ -512,8 +519,9 @@ class Consumer:
             while True:
                 batch = [await self._acks.get()]
                 with contextlib.suppress(asyncio.TimeoutError):
-                    async with asyncio.timeout(0.05):
-                        while len(batch) < SQS_MAX_BATCH:
+                    async with asyncio.timeout(ACK_LINGER_SECONDS):
+                        while len(batch) < SQS_MAX_BATCH and (self._executing
+                                                               or not self._acks.empty()):
                             batch.append(await self._acks.get())
                 await self._ack_room.acquire()
                 task = asyncio.create_task(self._ack_batch(batch))

@@ -214,6 +214,66 @@ async def test_stop_ends_every_receive_loop_and_hands_back_nothing_twice() -> No
     assert sqs.visible == [] and sqs.in_flight == {}
 
 
+class BatchLog(MemorySqs):
+    """Also records the message ids of every DeleteMessageBatch call."""
+
+    def __init__(self, bodies: list[str]) -> None:
+        super().__init__(bodies)
+        self.batches: list[list[str]] = []
+
+    async def delete_message_batch(self, *, Entries: list[dict[str, str]],
+                                   **kwargs: Any) -> dict[str, Any]:
+        self.batches.append(sorted(self.in_flight[e["ReceiptHandle"]] for e in Entries))
+        return await super().delete_message_batch(Entries=Entries, **kwargs)
+
+
+async def test_an_ack_is_sent_at_once_when_no_other_job_is_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the last job of a backfill, or a lone event: no other ack is coming to share a batch
+    monkeypatch.setattr("worker.consumer.ACK_LINGER_SECONDS", 3600)
+    sqs, copies = BatchLog(bodies(1)), Copies()
+    consumer = consumer_for(sqs, copies, max_jobs=8)
+    run = asyncio.create_task(consumer.run())
+
+    await asyncio.wait_for(sqs.emptied.wait(), timeout=30)  # not after the hour's linger
+    consumer.stop()
+    await asyncio.wait_for(run, timeout=30)
+
+    assert sqs.batches == [["m0"]]
+
+
+async def test_an_ack_waits_for_running_jobs_to_share_its_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.consumer.ACK_LINGER_SECONDS", 3600)
+    release, k1_running = asyncio.Event(), asyncio.Event()
+
+    class OneSlow(Copies):
+        async def copy(self, job: CopyJob, **kwargs: Any) -> JobResult:
+            if job.source.key == "k1":
+                k1_running.set()
+                await release.wait()
+            else:  # k0 finishes while k1 is still being copied
+                await k1_running.wait()
+            return await super().copy(job, **kwargs)
+
+    sqs, copies = BatchLog(bodies(2)), OneSlow()
+    consumer = consumer_for(sqs, copies, max_jobs=8)
+    run = asyncio.create_task(consumer.run())
+    for _ in range(100):  # until k0 is copied
+        await asyncio.sleep(0.01)
+        if copies.keys["k0"]:
+            break
+    await asyncio.sleep(0.1)  # room for an early DeleteMessageBatch, which must not come
+    assert copies.keys == Counter({"k0": 1}) and sqs.batches == []
+
+    release.set()
+    await asyncio.wait_for(sqs.emptied.wait(), timeout=30)
+    consumer.stop()
+    await asyncio.wait_for(run, timeout=30)
+
+    assert sqs.batches == [["m0", "m1"]]  # one call acknowledged both
+
+
 async def test_a_failing_receive_loop_stops_the_others_and_leaves_no_receive_behind() -> None:
     class Broken(MemorySqs):
         async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
