@@ -171,6 +171,16 @@ data "aws_iam_policy_document" "execution" {
   }
 
   dynamic "statement" {
+    for_each = var.intake_enabled && var.intake_token_secret_arn != null ? [1] : []
+    content {
+      sid       = "ReadIntakeToken"
+      effect    = "Allow"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [var.intake_token_secret_arn]
+    }
+  }
+
+  dynamic "statement" {
     for_each = length(var.secrets_kms_key_arns) > 0 ? [1] : []
     content {
       sid       = "DecryptSecrets"

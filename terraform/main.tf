@@ -5,6 +5,7 @@
 #   iam.tf       task role (data access, least privilege) and task execution role
 #   ecs.tf       config parameter, log group, cluster, security group, task definition, service
 #   scaling.tf   Application Auto Scaling on the job queue's depth
+#   intake.tf    optional: `s3ferry serve`, backfills on request (one task)
 #
 # No provider block: configure the aws provider (region, credentials, default_tags) in the
 # calling configuration, or through the environment when applying this directory directly.

@@ -59,3 +59,13 @@ output "config_parameter_name" {
   description = "SSM parameter holding the endpoints TOML; a change takes effect when tasks restart."
   value       = aws_ssm_parameter.config.name
 }
+
+output "intake_service_name" {
+  description = "The intake ECS service (null unless intake_enabled)."
+  value       = var.intake_enabled ? aws_ecs_service.intake[0].name : null
+}
+
+output "intake_security_group_id" {
+  description = "Security group of the intake task: allow your callers (or load balancer) in on intake_port."
+  value       = var.intake_enabled ? aws_security_group.intake[0].id : null
+}

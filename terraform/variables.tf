@@ -314,3 +314,37 @@ variable "scale_in_cooldown" {
   type        = number
   default     = 300
 }
+
+# ---------------------------------------------------------------------------------------
+# Optional: the intake service (`s3ferry serve`), backfills on request
+# ---------------------------------------------------------------------------------------
+
+variable "intake_enabled" {
+  description = "Run `s3ferry serve` as a one-task service: POST /v1/backfills starts a backfill of the routes in endpoints_toml."
+  type        = bool
+  default     = false
+}
+
+variable "intake_token_secret_arn" {
+  description = "Secrets Manager secret whose value is the intake's bearer token (16+ characters). Required when intake_enabled."
+  type        = string
+  default     = null
+}
+
+variable "intake_port" {
+  description = "Port of the intake API (plain HTTP: reach it through a TLS-terminating load balancer or from inside the VPC)."
+  type        = number
+  default     = 9410
+}
+
+variable "intake_ingress_cidr_blocks" {
+  description = "CIDR blocks allowed to call the intake API (empty: no ingress)."
+  type        = list(string)
+  default     = []
+}
+
+variable "intake_namespace_id" {
+  description = "Cloud Map private DNS namespace id: when set, the intake task registers as intake.<namespace> (an A record), so callers find it across restarts."
+  type        = string
+  default     = null
+}

@@ -158,6 +158,17 @@ def test_dispatcher_is_optional_and_off() -> None:
     assert dispatcher.count("{{- if .Values.dispatcher.enabled }}") == 1
 
 
+def test_intake_is_optional_and_its_token_comes_from_a_secret() -> None:
+    intake = _values()["intake"]
+    assert intake["enabled"] is False and intake["args"] == ["serve"]
+    assert intake["tokenFrom"] == {"secretName": "", "key": "token"}
+    assert intake["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "intake"}
+    block = re.search(r"- name: S3FERRY_DISPATCHER__INTAKE_TOKEN\n(.*?)\n\{\{- end",
+                      _template("_helpers.tpl"), re.S)
+    assert block and "secretKeyRef:" in block.group(1) and "value:" not in block.group(1)
+    assert "required" in _template("deployment-intake.yaml")
+
+
 def test_partition_keys_only_from_secret_refs() -> None:
     helpers = _template("_helpers.tpl")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -179,7 +190,7 @@ def test_values_hold_no_secrets() -> None:
             for key, value in node.items():
                 here = f"{path}.{key}"
                 if re.search(r"(?i)(password|secret(?!Name|AccessKeyKey)|(?<!automount)token"
-                             r"(?!Key)|accessKey(?!Key|IdKey))", key):
+                             r"(?!Key|From)|accessKey(?!Key|IdKey))", key):
                     assert value in (None, "", [], {}), f"{here} looks like a secret"
                 walk(value, here)
         elif isinstance(node, list):

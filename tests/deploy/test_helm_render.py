@@ -88,8 +88,9 @@ def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_example_values_render_every_object(render: Render) -> None:
     objects = _objects(render(EXAMPLE_VALUES))
     kinds = sorted(kind for kind, _ in objects)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "ScaledObject", "Service",
-                     "ServiceAccount", "ServiceMonitor", "TriggerAuthentication"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "ScaledObject",
+                     "Service", "Service", "ServiceAccount", "ServiceMonitor",
+                     "TriggerAuthentication"]
 
 
 @pytest.mark.timeout(300)
@@ -103,7 +104,7 @@ def test_rendered_manifests_match_the_kubernetes_schemas(
     assert proc.returncode == 0, describe(proc)
     # KEDA and Prometheus Operator kinds have no schema in kubernetes-validate.
     passed = proc.stdout.count(" passed for resource ")
-    assert passed == 5, describe(proc)
+    assert passed == 7, describe(proc)
 
 
 @pytest.mark.timeout(300)
@@ -140,7 +141,7 @@ def test_objects_reference_each_other(render: Render) -> None:
     dispatcher = _one(objects, "Deployment", "-dispatcher")
     scaled = _one(objects, "ScaledObject")
     auth = _one(objects, "TriggerAuthentication")
-    service = _one(objects, "Service")
+    service = _one(objects, "Service", "-metrics")
     monitor = _one(objects, "ServiceMonitor")
     account = _one(objects, "ServiceAccount")
     config = _one(objects, "ConfigMap")
@@ -155,7 +156,7 @@ def test_objects_reference_each_other(render: Render) -> None:
 
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
         "arn:aws:iam::")
-    for deployment in (worker, dispatcher):
+    for deployment in (worker, dispatcher, _one(objects, "Deployment", "-intake")):
         template = deployment["spec"]["template"]
         labels = template["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -173,6 +174,50 @@ def test_objects_reference_each_other(render: Render) -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
         "labels"].items()
     assert "s3ferry.toml" in config["data"]
+
+
+@pytest.mark.timeout(300)
+def test_the_intake_listens_on_its_service_with_the_token_from_its_secret(
+        render: Render) -> None:
+    objects = _objects(render(EXAMPLE_VALUES))
+    intake = _one(objects, "Deployment", "-intake")
+    service = _one(objects, "Service", "-intake")
+    template = intake["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    env = _env(container)
+
+    assert container["args"] == ["serve"]
+    assert intake["spec"]["replicas"] == 1
+    assert intake["spec"]["strategy"] == {"type": "Recreate"}  # never two with their own runs
+    assert env["S3FERRY_DISPATCHER__INTAKE_HOST"]["value"] == "0.0.0.0"
+    assert env["S3FERRY_DISPATCHER__INTAKE_PORT"]["value"] == "9410"
+    token = env["S3FERRY_DISPATCHER__INTAKE_TOKEN"]
+    assert "value" not in token
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "s3ferry-intake-token",
+                                                  "key": "token", "optional": False}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9400, "intake": 9410}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "intake"}
+    assert service["spec"]["ports"] == [{"name": "intake", "port": 9410,
+                                         "targetPort": "intake", "protocol": "TCP"}]
+    labels = template["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "intake"
+    for other in ("-worker", "-dispatcher"):  # the intake Service reaches no other pod
+        pod_labels = _one(objects, "Deployment", other)["spec"]["template"]["metadata"]["labels"]
+        assert not service["spec"]["selector"].items() <= pod_labels.items()
+        assert "S3FERRY_DISPATCHER__INTAKE_TOKEN" not in _env(
+            _one(objects, "Deployment", other)["spec"]["template"]["spec"]["containers"][0])
+
+
+@pytest.mark.timeout(300)
+def test_the_intake_needs_a_token_secret(render: Render) -> None:
+    proc = render(EXAMPLE_VALUES, {"intake": {"tokenFrom": {"secretName": ""}}})
+    assert proc.returncode != 0
+    assert "intake.tokenFrom.secretName is required" in proc.stderr
+    off = _objects(render(EXAMPLE_VALUES, {"intake": {"enabled": False}}))
+    assert not [n for _, n in off if n.endswith("-intake")]
 
 
 @pytest.mark.timeout(300)

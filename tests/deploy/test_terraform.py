@@ -19,7 +19,7 @@ from ._support import FIXTURES, TERRAFORM_DIR, describe, require_tool, run
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install python-hcl2)")
 
 TF_FILES = ("versions.tf", "variables.tf", "main.tf", "iam.tf", "ecs.tf", "scaling.tf",
-            "outputs.tf")
+            "intake.tf", "outputs.tf")
 
 
 def _unquote(value: Any) -> Any:
@@ -214,6 +214,31 @@ def test_fargate_task_definition_shape(tf: dict[str, Any]) -> None:
     assert ecs.count("readonlyRootFilesystem = true") == 2
     assert 'dependsOn   = [{ containerName = "config", condition = "SUCCESS" }]' in ecs
     assert 'command                = ["worker"]' in ecs
+
+
+def test_intake_is_one_optional_task_with_its_token_from_secrets_manager(
+        tf: dict[str, Any]) -> None:
+    assert _variable_default(tf, "intake_enabled") is False
+    assert _variable_default(tf, "intake_port") == 9410
+    for rtype in ("aws_ecs_service", "aws_ecs_task_definition", "aws_security_group"):
+        assert tf["resource"][rtype]["intake"]["count"] == "${local.intake_count}"
+    service = tf["resource"]["aws_ecs_service"]["intake"]
+    assert service["desired_count"] == 1  # never scaled: each task keeps its own runs
+    assert service["deployment_maximum_percent"] == 100  # the old task stops first
+    assert service["deployment_minimum_healthy_percent"] == 0
+    task = tf["resource"]["aws_ecs_task_definition"]["intake"]
+    assert "var.intake_token_secret_arn != null" in task["lifecycle"][0]["precondition"][0][
+        "condition"]
+    intake = (TERRAFORM_DIR / "intake.tf").read_text()
+    assert 'command                = ["serve"]' in intake
+    assert ('{ name = "S3FERRY_DISPATCHER__INTAKE_TOKEN", valueFrom = '
+            'var.intake_token_secret_arn }') in intake
+    assert "/healthz" in intake
+    environment = re.search(r"intake_environment = merge\((.*?)\n  \)", intake, re.S)
+    assert environment is not None and "TOKEN" not in environment.group(1)
+    execution = {s["sid"]: s for s in _statements(
+        tf["data"]["aws_iam_policy_document"]["execution"])}
+    assert execution["ReadIntakeToken"]["resources"] == ["${var.intake_token_secret_arn}"]
 
 
 def test_service_scales_on_sqs_backlog(tf: dict[str, Any]) -> None:

@@ -130,7 +130,24 @@ terminationGracePeriodSeconds: the worker finishes or releases its messages, the
 {{- end }}
 
 {{/*
-The pod template both Deployments use. Called with
+Intake-only settings: listen on every address of the pod, and the bearer token from its
+Secret (never from values).
+*/}}
+{{- define "s3ferry.intakeEnv" -}}
+- name: S3FERRY_DISPATCHER__INTAKE_HOST
+  value: "0.0.0.0"
+- name: S3FERRY_DISPATCHER__INTAKE_PORT
+  value: {{ .Values.intake.port | quote }}
+- name: S3FERRY_DISPATCHER__INTAKE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.intake.tokenFrom.secretName }}
+      key: {{ default "token" .Values.intake.tokenFrom.key }}
+      optional: false
+{{- end }}
+
+{{/*
+The pod template every Deployment uses. Called with
 (dict "root" $ "component" "worker" "cfg" .Values.worker).
 */}}
 {{- define "s3ferry.podTemplate" -}}
@@ -179,6 +196,9 @@ spec:
         {{- if eq .component "worker" }}
         {{- include "s3ferry.workerEnv" $root | nindent 8 }}
         {{- end }}
+        {{- if eq .component "intake" }}
+        {{- include "s3ferry.intakeEnv" $root | nindent 8 }}
+        {{- end }}
         {{- with $cfg.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -186,6 +206,11 @@ spec:
         - name: metrics
           containerPort: {{ $root.Values.metrics.port }}
           protocol: TCP
+        {{- if eq .component "intake" }}
+        - name: intake
+          containerPort: {{ $root.Values.intake.port }}
+          protocol: TCP
+        {{- end }}
       {{- with $cfg.readinessProbe }}
       readinessProbe:
         {{- toYaml . | nindent 8 }}
