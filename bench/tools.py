@@ -24,6 +24,7 @@ from __future__ import annotations
 import compileall
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -39,7 +40,13 @@ from bench.measure import Child, Usage
 from bench.workloads import Variant
 from s3ferry.localbed import REPO_ROOT, LocalServer, free_port
 
-DRAIN_POLL_SECONDS = 0.05  # the resolution of s3ferry's end time (peers: process exit)
+# s3ferry's end is an empty queue. The emulator serving the queue shares the two cores with
+# the copy, so the queue is asked only every SLOW_POLL_SECONDS until the workers' logs show
+# every enqueued job finished, then every DRAIN_POLL_SECONDS (the resolution of the end
+# time; the peers' end is their exit).
+SLOW_POLL_SECONDS = 0.5
+DRAIN_POLL_SECONDS = 0.01
+FINISHED_JOB = re.compile(rb'"event": "job_(?:copied|skipped|deleted)"')
 READY_TIMEOUT_SECONDS = 120.0
 # The fleet's service and its callers share this bench-only token.
 INTAKE_ENV = {"S3FERRY_DISPATCHER__INTAKE_TOKEN": "bench-" + uuid.uuid4().hex}
@@ -170,7 +177,8 @@ class Tools:
                 else:
                     producers = enqueue(config, queue, run_dir, env, variant.flags)
                 _wait_for_producers(producers, [*workers, *services])
-                wall = self._wait_drained(queue, workers) - began
+                expected = _enqueued_jobs(_backfill_summary(producers))
+                wall = self._wait_drained(queue, workers, expected) - began
             finally:
                 for child in [*workers, *services]:
                     child.terminate()
@@ -189,14 +197,25 @@ class Tools:
                        details={"workers": [_summary(run_dir, i) for i in range(len(workers))],
                                 "backfill": _backfill_summary(producers)})
 
-    def _wait_drained(self, queue: str, workers: Sequence[Child]) -> float:
+    def _wait_drained(self, queue: str, workers: Sequence[Child], expected: int | None) -> float:
+        """When the queue holds no message: the end of the run (see SLOW_POLL_SECONDS).
+
+        A job logged as finished is not yet acknowledged, so only the queue decides the end;
+        a job the logs do not count (retried, vanished) only slows the polling down."""
+        counters = [FinishedJobs(w.log) for w in workers]
         deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-        while self.queue_depth(queue):
+        next_poll = time.monotonic()
+        while True:
             _still_running(workers, "early")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            done = expected is not None and sum(c.count() for c in counters) >= expected
+            if done or now >= next_poll:
+                if not self.queue_depth(queue):
+                    return time.perf_counter()
+                next_poll = time.monotonic() + SLOW_POLL_SECONDS
+            if now > deadline:
                 raise RunFailed(f"queue not drained after {RUN_TIMEOUT_SECONDS} s")
             time.sleep(DRAIN_POLL_SECONDS)
-        return time.perf_counter()
 
     def run_backfill_dry(self, variant: Variant, src: Side, dst: Side,
                          run_dir: Path) -> RunResult:
@@ -305,6 +324,35 @@ def worker_argv(config: Path, queue: str, dlq: str, run_dir: Path, index: int) -
     return [sys.executable, "-m", "worker", "--config", str(config), "--queue-url", queue,
             "--dlq-url", dlq, "--no-metrics",
             "--summary-json", str(run_dir / f"worker{index}.summary.json")]
+
+
+class FinishedJobs:
+    """Counts the jobs a worker has logged as finished, reading only what its log gained."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.total = 0
+
+    def count(self) -> int:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return self.total
+        self.offset += len(data)
+        data = self.partial + data
+        complete, _, self.partial = data.rpartition(b"\n")
+        self.total += len(FINISHED_JOB.findall(complete))
+        return self.total
+
+
+def _enqueued_jobs(summary: Mapping[str, Any]) -> int | None:
+    """How many jobs the backfill enqueued (its summary's ``enqueued.jobs``), if it said."""
+    jobs = (summary.get("enqueued") or {}).get("jobs")
+    return sum(int(n) for n in jobs.values()) if isinstance(jobs, dict) else None
 
 
 def _wait_for_producers(producers: Sequence[Child], workers: Sequence[Child]) -> None:
