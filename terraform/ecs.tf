@@ -60,18 +60,35 @@ locals {
     }
   }
 
-  worker_container = {
-    name                   = "worker"
+  # What every long-running s3ferry container shares (the worker's, and the intake's in
+  # intake.tf): non-root, read-only root, the config written first, the task volumes.
+  app_container = {
     image                  = var.image
     essential              = true
-    command                = ["worker"]
     user                   = "10001:10001"
     readonlyRootFilesystem = true
-    # SIGTERM -> the worker drains for drain_seconds -> exit 0; SIGKILL only after this.
+    # SIGTERM -> s3ferry drains (workers for drain_seconds) -> exit 0; SIGKILL only after this.
     stopTimeout = var.stop_timeout
     dependsOn   = [{ containerName = "config", condition = "SUCCESS" }]
     # An init process forwards SIGTERM to s3ferry and reaps children.
     linuxParameters = { initProcessEnabled = true }
+    mountPoints = [
+      { sourceVolume = "config", containerPath = local.config_dir, readOnly = true },
+      { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
+    ]
+  }
+
+  # How often the containers' health checks run (each fetches a local URL of its own).
+  health_check = {
+    interval    = 30
+    timeout     = 5
+    retries     = 3
+    startPeriod = 30
+  }
+
+  worker_container = merge(local.app_container, {
+    name    = "worker"
+    command = ["worker"]
     portMappings = [{
       name          = "metrics"
       containerPort = var.metrics_port
@@ -79,25 +96,17 @@ locals {
     }]
     environment = [for k in sort(keys(local.worker_environment)) : { name = k, value = local.worker_environment[k] }]
     secrets     = local.worker_secrets
-    mountPoints = [
-      { sourceVolume = "config", containerPath = local.config_dir, readOnly = true },
-      { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
-    ]
-    healthCheck = {
+    healthCheck = merge(local.health_check, {
       command = [
         "CMD", "python", "-c",
         "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ['S3FERRY_METRICS_PORT'], timeout=4)",
       ]
-      interval    = 30
-      timeout     = 5
-      retries     = 3
-      startPeriod = 30
-    }
+    })
     logConfiguration = {
       logDriver = "awslogs"
       options   = merge(local.log_options, { "awslogs-stream-prefix" = "worker" })
     }
-  }
+  })
 }
 
 # ---------------------------------------------------------------------------------------

@@ -17,17 +17,9 @@ locals {
     },
   )
 
-  intake_container = {
-    name                   = "intake"
-    image                  = var.image
-    essential              = true
-    command                = ["serve"]
-    user                   = "10001:10001"
-    readonlyRootFilesystem = true
-    # SIGTERM -> running backfills end "interrupted" -> exit 0.
-    stopTimeout     = var.stop_timeout
-    dependsOn       = [{ containerName = "config", condition = "SUCCESS" }]
-    linuxParameters = { initProcessEnabled = true }
+  intake_container = merge(local.app_container, {
+    name    = "intake"
+    command = ["serve"]
     portMappings = [
       { name = "intake", containerPort = var.intake_port, protocol = "tcp" },
       { name = "metrics", containerPort = var.metrics_port, protocol = "tcp" },
@@ -37,25 +29,17 @@ locals {
     secrets = concat(local.worker_secrets, var.intake_token_secret_arn == null ? [] : [
       { name = "S3FERRY_DISPATCHER__INTAKE_TOKEN", valueFrom = var.intake_token_secret_arn },
     ])
-    mountPoints = [
-      { sourceVolume = "config", containerPath = local.config_dir, readOnly = true },
-      { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
-    ]
-    healthCheck = {
+    healthCheck = merge(local.health_check, {
       command = [
         "CMD", "python", "-c",
         "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['S3FERRY_DISPATCHER__INTAKE_PORT'], timeout=4)",
       ]
-      interval    = 30
-      timeout     = 5
-      retries     = 3
-      startPeriod = 30
-    }
+    })
     logConfiguration = {
       logDriver = "awslogs"
       options   = merge(local.log_options, { "awslogs-stream-prefix" = "intake" })
     }
-  }
+  })
 }
 
 resource "aws_security_group" "intake" {

@@ -213,7 +213,8 @@ def test_fargate_task_definition_shape(tf: dict[str, Any]) -> None:
     assert _variable_default(tf, "metrics_port") == 9400
     assert ecs.count("readonlyRootFilesystem = true") == 2
     assert 'dependsOn   = [{ containerName = "config", condition = "SUCCESS" }]' in ecs
-    assert 'command                = ["worker"]' in ecs
+    assert ('worker_container = merge(local.app_container, {\n    name    = "worker"\n'
+            '    command = ["worker"]') in ecs
 
 
 def test_intake_is_one_optional_task_with_its_token_from_secrets_manager(
@@ -230,7 +231,8 @@ def test_intake_is_one_optional_task_with_its_token_from_secrets_manager(
     assert "var.intake_token_secret_arn != null" in task["lifecycle"][0]["precondition"][0][
         "condition"]
     intake = (TERRAFORM_DIR / "intake.tf").read_text()
-    assert 'command                = ["serve"]' in intake
+    assert ('intake_container = merge(local.app_container, {\n    name    = "intake"\n'
+            '    command = ["serve"]') in intake
     assert ('{ name = "S3FERRY_DISPATCHER__INTAKE_TOKEN", valueFrom = '
             'var.intake_token_secret_arn }') in intake
     assert "/healthz" in intake
