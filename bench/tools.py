@@ -177,8 +177,8 @@ class Tools:
                 else:
                     producers = enqueue(config, queue, run_dir, env, variant.flags)
                 _wait_for_producers(producers, [*workers, *services])
-                expected = _enqueued_jobs(_backfill_summary(producers))
-                wall = self._wait_drained(queue, workers, expected) - began
+                backfill = _backfill_summary(producers)
+                wall = self._wait_drained(queue, workers, _enqueued_jobs(backfill)) - began
             finally:
                 for child in [*workers, *services]:
                     child.terminate()
@@ -195,7 +195,7 @@ class Tools:
             self.drop_queues(queue, dlq)
         return _result(wall, [*producers, *services], workers, usages,
                        details={"workers": [_summary(run_dir, i) for i in range(len(workers))],
-                                "backfill": _backfill_summary(producers)})
+                                "backfill": backfill})
 
     def _wait_drained(self, queue: str, workers: Sequence[Child], expected: int | None) -> float:
         """When the queue holds no message: the end of the run (see SLOW_POLL_SECONDS).
