@@ -7,6 +7,7 @@ removes anything that looks like a credential or a presigned query string, so a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -25,13 +26,21 @@ _AUTH_HEADER = re.compile(r"(Authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}]+", re.
 
 def scrub_text(text: str) -> str:
     """Redact signatures, credentials and Authorization values inside free text."""
+    if "=" not in text and ":" not in text:  # both patterns need one: most values are ids
+        return text
     text = _PRESIGNED.sub(lambda m: f"{m.group(1)}=REDACTED", text)
     return _AUTH_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_field(key: str) -> bool:
+    """A field whose name says it holds a secret (field names are few: cached)."""
+    return key != "event" and _SECRET_FIELDS.search(key) is not None
+
+
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
-        if key != "event" and _SECRET_FIELDS.search(key):
+        if _secret_field(key):
             event[key] = "REDACTED"
         elif isinstance(value, str):
             event[key] = scrub_text(value)

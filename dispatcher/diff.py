@@ -20,6 +20,7 @@ never cause their destination counterpart to be deleted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -137,13 +138,26 @@ def diff(source: Iterable[Entry], destination: Iterable[Entry], mode: Mode,
             d_key = dst_order(d)
 
 
+async def _first_of_both(src_it: AsyncIterator[Entry],
+                         dst_it: AsyncIterator[Entry]) -> tuple[Entry | None, Entry | None]:
+    """Both listings' first entries, fetched at once: the two first LISTs overlap instead of
+    one waiting for the other (a round trip saved on every diff and shard)."""
+    first_src = asyncio.ensure_future(anext(src_it, None))
+    try:
+        d = await anext(dst_it, None)
+    except BaseException:
+        first_src.cancel()
+        await asyncio.gather(first_src, return_exceptions=True)
+        raise
+    return await first_src, d
+
+
 async def adiff(source: AsyncIterable[Entry], destination: AsyncIterable[Entry], mode: Mode,
                 wanted: Callable[[Entry], bool] = _everything) -> AsyncIterator[Decision]:
     """:func:`diff` over async listings (S3 pages arrive while the merge runs)."""
     src_it, dst_it = aiter(source), aiter(destination)
     src_order, dst_order = _Order("source"), _Order("destination")
-    s = await anext(src_it, None)
-    d = await anext(dst_it, None)
+    s, d = await _first_of_both(src_it, dst_it)
     s_key, d_key = src_order(s), dst_order(d)
     while s is not None or d is not None:
         take_s, take_d = _pick(s_key, d_key)

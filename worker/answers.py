@@ -84,7 +84,8 @@ class AnswerReader:
         self.streaming = self._payload is not None and not self._xml
 
     def read(self, status: int, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
-        """The parsed answer; ``body`` is the stream (streaming payload) or the bytes."""
+        """The parsed answer; ``body`` is the stream (streaming payload), the bytes, or the
+        XML payload already parsed."""
         parsed: dict[str, Any] = {}
         for field in self._headers:
             value = headers.get(field.name)
@@ -111,11 +112,15 @@ class AnswerReader:
         parsed["ResponseMetadata"] = meta
         return parsed
 
-    def _read_xml(self, body: bytes) -> dict[str, Any]:
-        if not body:
+    def _read_xml(self, body: bytes | ElementTree.Element) -> dict[str, Any]:
+        if isinstance(body, ElementTree.Element):
+            root = body  # already parsed by the caller
+        elif not body:
             return {}
+        else:
+            root = ElementTree.fromstring(body)
         out: dict[str, Any] = {}
-        for child in ElementTree.fromstring(body):
+        for child in root:
             tag = child.tag.rsplit("}", 1)[-1]
             field = self._xml.get(tag)
             if field is not None:

@@ -78,6 +78,17 @@ class Replicator:
         self._limits = limits
         self._metrics = metrics
         self._retry = retry
+        self._same_keys: dict[tuple[str, str], bool] = {}
+
+    def _one_store(self, src: str, dst: str) -> bool:
+        """Server-side copy is possible between these endpoints: same service, same keys
+        (settled once per pair: endpoints do not change while the worker runs)."""
+        known = self._same_keys.get((src, dst))
+        if known is None:
+            src_ep, dst_ep = self._clients.endpoint(src), self._clients.endpoint(dst)
+            known = src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
+            self._same_keys[(src, dst)] = known
+        return known
 
     async def _head_destination(self, client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         return await self._transfer.call("HeadObject", "destination", partial(
@@ -98,7 +109,7 @@ class Replicator:
         dest = Destination(client=await self._clients.get(job.destination.endpoint),
                            endpoint=dst_ep, bucket=job.destination.bucket,
                            key=job.destination.key)
-        server_side = (src_ep.identity() == dst_ep.identity() and src_ep.server_side_copy
+        server_side = (self._one_store(job.source.endpoint, job.destination.endpoint)
                        and source.copy_source() is not None)
         with_tags = job.options.preserve_tags and src_ep.tagging and dst_ep.tagging
         small = (not server_side and job.source.etag is not None

@@ -120,15 +120,15 @@ def target_from_probe(url: str, headers: Mapping[str, Any]) -> Target | None:
                   proxy=get_environ_proxies(base).get(parts.scheme))
 
 
-def error_in_200(body: bytes) -> bool:
-    """S3 reports a copy that failed after it started as a 200 whose body is an <Error>;
-    a body cut short counts as a failure too (botocore treats both as a 500)."""
-    if not body:
-        return False
+def copy_answer(body: bytes) -> ElementTree.Element | None:
+    """A copy's 200 answer, parsed; None when it is S3's report of a copy that failed after
+    it started (a 200 whose body is an <Error>) or a body cut short: botocore treats both as
+    a 500. An empty body is an empty answer."""
     try:
-        return ElementTree.fromstring(body).tag == "Error"
+        root = ElementTree.fromstring(body or b"<CopyObjectResult/>")
     except ElementTree.ParseError:
-        return True
+        return None
+    return None if root.tag == "Error" else root
 
 
 def _http_date(value: datetime) -> str:
@@ -387,7 +387,10 @@ class WireS3:
             return status, op.answers.read(status, headers, _Body(response))
         body = await response.read()
         response.release()
-        if op.may_error_in_200 and status == 200 and error_in_200(body):
+        if op.may_error_in_200 and status == 200:
+            answer = copy_answer(body)  # parsed once: for the check and for the answer
+            if answer is not None:
+                return status, op.answers.read(status, headers, answer)
             status = 500  # S3 reports some copy failures inside a 200 (botocore does too)
         if status < 300:
             return status, op.answers.read(status, headers, body)

@@ -7,7 +7,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import checksums
+from common import checksums, logs
 from common.fingerprint import SOURCE_ETAG, newer_than, user_metadata
 from common.jobs import CopyJob, DestinationRef, SourceRef
 from common.logs import scrub_text
@@ -127,6 +127,34 @@ def test_presigned_queries_and_auth_headers_are_scrubbed() -> None:
     text = scrub_text(f"GET {url} failed; headers={json.dumps({'Authorization': secret})}")
     assert secret not in text
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in text
+
+
+# the patterns alone, without the shortcut for text holding neither "=" nor ":"
+def _scrub_by_patterns(text: str) -> str:
+    text = logs._PRESIGNED.sub(lambda m: f"{m.group(1)}=REDACTED", text)
+    return logs._AUTH_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
+
+
+_SCRUB_PIECES = st.sampled_from([
+    "Authorization", "authorization", "X-Amz-Signature", "x-amz-credential", "Signature",
+    "q-signature", "OSSAccessKeyId", "=", ":", " ", "'", '"', "&", "?", "}", ",", "abc", "é",
+    "AKIA0123", "Bearer t0k3n"])
+
+
+@given(st.lists(_SCRUB_PIECES | st.text(max_size=4), max_size=12).map("".join))
+def test_scrubbing_is_the_patterns_whatever_the_text(text: str) -> None:
+    assert scrub_text(text) == _scrub_by_patterns(text)
+
+
+def test_logged_events_lose_secret_fields_and_signed_queries() -> None:
+    event = {"event": "job_failed", "access_key": "AKIA123", "session_token": "tok",
+             "url": "https://h/k?X-Amz-Signature=abc123&x=1", "job_id": "0f3a",
+             "error": "Authorization: AWS4-HMAC-SHA256 Credential=AKIA/secret", "bytes": 5}
+    got = logs._scrub(None, "info", dict(event))
+    assert got["access_key"] == got["session_token"] == "REDACTED"
+    assert got["url"] == "https://h/k?X-Amz-Signature=REDACTED&x=1"
+    assert "AKIA" not in got["error"] and got["error"].startswith("Authorization: ")
+    assert (got["event"], got["job_id"], got["bytes"]) == ("job_failed", "0f3a", 5)
 
 
 def test_composite_checksum_matches_s3s_definition() -> None:

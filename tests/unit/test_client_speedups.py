@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -398,3 +399,33 @@ def test_the_timestamp_parser_agrees_with_botocores_or_fails_like_it(value: Any)
             clients.parse_answer_timestamp(value)
         return
     assert clients.parse_answer_timestamp(value) == expected
+
+
+# -- plain http: no CA bundle to load -----------------------------------------------------------
+
+async def test_a_plain_http_endpoint_answers_without_loading_a_ca_bundle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[Any] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counting(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loaded.append(args or kwargs)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
+    async with fake_s3() as s3, clients.ClientPool({"e": endpoint(s3.url)}) as pool:
+        client = await pool.get("e")
+        await client.put_object(Bucket="bkt", Key="k", Body=b"x")
+    assert [r.path for r in s3.requests] == ["/bkt/k"]
+    assert loaded == []
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://127.0.0.1:4566", {"verify": False}),
+    ("HTTP://minio.internal:9000", {"verify": False}),
+    ("https://s3.us-east-1.amazonaws.com", {}),
+    (None, {}),  # the partition's default endpoint: https
+])
+def test_only_plain_http_endpoints_skip_verification(url: str | None,
+                                                     expected: dict[str, Any]) -> None:
+    assert clients.plain_http(url) == expected

@@ -166,3 +166,46 @@ def test_equal_etags_prove_content_only_within_one_store() -> None:
     assert same_content(HEAD, dest, same_store=False) == ""
     assert same_content(HEAD, dest | {"ContentLength": 6}, same_store=True) == ""
     assert same_content(HEAD, dest | {"ETag": '"abd"'}, same_store=True) == ""
+
+
+async def test_both_first_pages_are_asked_for_at_once() -> None:
+    """The destination's first LIST does not wait for the source's first page."""
+    asked: list[str] = []
+    both_asked = asyncio.Event()
+
+    async def listing(side: str, entries_: list[Entry]) -> AsyncIterator[Entry]:
+        asked.append(side)
+        if len(asked) == 2:
+            both_asked.set()
+        await asyncio.wait_for(both_asked.wait(), timeout=5)  # a page arrives only then
+        for entry in entries_:
+            yield entry
+
+    got = [d async for d in adiff(listing("source", [Entry("a", 1), Entry("b", 1)]),
+                                  listing("destination", [Entry("b", 2)]), Mode.SIZE)]
+    assert sorted(asked) == ["destination", "source"]
+    assert [(d.key, d.action) for d in got] == [("a", Action.COPY), ("b", Action.COPY)]
+
+
+@pytest.mark.parametrize("failing", ["source", "destination"])
+async def test_a_failed_first_page_fails_the_diff_and_leaves_nothing_running(
+        failing: str) -> None:
+    cancelled: list[str] = []
+
+    async def listing(side: str) -> AsyncIterator[Entry]:
+        try:
+            await asyncio.sleep(0)  # both have started
+            if side == failing:
+                raise OSError(f"{side} listing failed")
+            await asyncio.sleep(0.01)
+            yield Entry("a", 1)
+        except asyncio.CancelledError:
+            cancelled.append(side)
+            raise
+
+    with pytest.raises(OSError, match=f"{failing} listing failed"):
+        async for _ in adiff(listing("source"), listing("destination"), Mode.SIZE):
+            pass
+    await asyncio.sleep(0.05)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    assert cancelled == (["source"] if failing == "destination" else [])
