@@ -1,12 +1,10 @@
 """The intake API's rules, with the backfill itself replaced by one the test holds open:
 one backfill per route at a time, long polls that end with the run, a stopping service marks
-its runs interrupted, tokens compared exactly. And ``s3ferry backfill --server`` stays light."""
+its runs interrupted, tokens compared exactly. (``s3ferry backfill --server``: test_submit.)"""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -169,13 +167,3 @@ def test_the_service_needs_a_long_enough_token(tmp_path: Path) -> None:
 
 def test_compare_modes_of_the_light_parser_are_the_diffs() -> None:
     assert set(COMPARE_MODES) == {m.value for m in Mode}
-
-
-def test_a_remote_backfill_does_not_load_botocore() -> None:
-    """--server must start fast: it only sends a request (botocore costs about 0.6 s)."""
-    code = ("import sys; import dispatcher.args, dispatcher.submit; "
-            "heavy = [m for m in ('botocore', 'aiohttp', 'pydantic', 'common.settings') "
-            "if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == "[]"
