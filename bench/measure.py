@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,3 +123,44 @@ def vm_hwm(status_path: str = "/proc/self/status") -> int | None:
 def median(values: Iterable[float]) -> float:
     items = list(values)
     return statistics.median(items) if items else float("nan")
+
+
+# -- the emulators at rest -------------------------------------------------------------------
+
+# A run starts once the emulators have been quiet for QUIET_WINDOW_SECONDS: all of them
+# together below QUIET_CORES of CPU. Work left from the previous run (a dropped bucket of
+# 5,000 objects, a GiB of freed buffers) otherwise lands in whichever run comes next, and
+# the first run of each workload in a repetition was up to 0.6 s slower whatever the tool.
+QUIET_WINDOW_SECONDS = 0.25
+QUIET_CORES = 0.15
+QUIET_MAX_SECONDS = 10.0
+
+
+def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """User + system CPU seconds of every live process in a process group (all threads)."""
+    ticks = 0
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # state, ppid, pgrp, ... utime (11), stime (12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def settle(cpu: Callable[[], float], *, sleep: Callable[[float], None] = time.sleep,
+           window: float = QUIET_WINDOW_SECONDS, cores: float = QUIET_CORES,
+           limit: float = QUIET_MAX_SECONDS) -> tuple[float, bool]:
+    """Wait until ``cpu()`` (CPU seconds, growing) grows by less than ``cores`` x ``window``
+    over one window. Returns (seconds waited, whether it got quiet within ``limit``)."""
+    waited = 0.0
+    before = cpu()
+    while waited < limit:
+        sleep(window)
+        waited += window
+        now = cpu()
+        if now - before < cores * window:
+            return waited, True
+        before = now
+    return waited, False

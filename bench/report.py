@@ -165,6 +165,13 @@ def markdown(report: dict[str, Any]) -> str:
                      f"(bench/emulator): {gc['full_collections']} full collections, the "
                      f"longest paused {gc['max_pause_seconds']} s, "
                      f"{gc['pauses_over_100ms']} over 0.1 s.\n")
+    rest = report["environment"].get("settled")
+    if rest and rest["runs"]:
+        lines.append(f"Each run started once the emulators had used under "
+                     f"{rest['quiet_cores']} core for {rest['window_seconds']} s (work left "
+                     f"from the run before would land in the next one): waits median "
+                     f"{rest['median_seconds']} s, longest {rest['max_seconds']} s; "
+                     f"{rest['not_quiet']} runs started at the limit without rest.\n")
     lines.append("`s3ferry` is a deployed fleet: its workers and `s3ferry serve` run before the "
                  "clock starts, and the clock runs from `s3ferry backfill --server` until every "
                  "job is acknowledged. `s3ferry cold` starts the worker and `s3ferry backfill` "

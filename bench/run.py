@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report as reporting
-from bench.measure import Child
+from bench.measure import QUIET_CORES, QUIET_WINDOW_SECONDS, Child, group_cpu_seconds, settle
 from bench.seed import Seeded, VerifyError, create_bucket, drop_bucket, seed, verify
 from bench.tools import RunFailed, RunResult, Side, Tools
 from bench.workloads import (
@@ -67,8 +68,10 @@ def _bucket_name(*parts: object) -> str:
 
 
 class Runner:
-    def __init__(self, tools: Tools, plan: Plan, workdir: Path, log: Log) -> None:
+    def __init__(self, tools: Tools, plan: Plan, workdir: Path, log: Log,
+                 emulators: Mapping[str, int] | None = None) -> None:
         self.tools = tools
+        self.emulators = dict(emulators or {})  # name -> process group, to wait for rest
         self.plan = plan
         self.workdir = workdir
         self.log = log
@@ -105,6 +108,7 @@ class Runner:
         run_dir = self._run_dir(wl.id, variant.label, rep if profile is None else "profile")
         record = _record(wl.id, variant, rep)
         try:
+            self._settle(record)
             result = self._launch(variant, src, dst, run_dir, profile)
             checked = verify(client, dst.bucket, seeded, wl.verify_sample, self.rng)
             record.update(_metrics(result, checked["bytes"], checked["objects"]),
@@ -115,6 +119,14 @@ class Runner:
             drop_bucket(client, dst.bucket)
         self._say_run(record)
         return record
+
+    def _settle(self, record: dict[str, Any]) -> None:
+        """Start the run once the emulators are at rest (see :func:`bench.measure.settle`)."""
+        if not self.emulators:
+            return
+        groups = list(self.emulators.values())
+        waited, quiet = settle(lambda: sum(group_cpu_seconds(g) for g in groups))
+        record["settled"] = {"seconds": round(waited, 2), "quiet": quiet}
 
     def _launch(self, variant: Variant, src: Side, dst: Side, run_dir: Path,
                 profile: Path | None) -> RunResult:
@@ -133,6 +145,7 @@ class Runner:
         run_dir = self._run_dir("W5-real", variant.label, rep)
         record = _record("W5-real", variant, rep)
         try:
+            self._settle(record)
             if variant.tool == "s3ferry":
                 result = self.tools.run_backfill_dry(variant, src, dst, run_dir)
                 _check_dry_run(result, plan.real.count)
@@ -208,12 +221,14 @@ def _rotate(items: Sequence[Variant], by: int) -> list[Variant]:
 
 
 def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
-              workdir: Path, log: Log = _say, stem: str | None = None) -> dict[str, Any]:
-    """Seed, run every repetition, profile, and write the report; return it."""
+              workdir: Path, log: Log = _say, stem: str | None = None,
+              emulators: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Seed, run every repetition, profile, and write the report; return it.
+    ``emulators``: the servers' process groups; each run waits for them to be at rest."""
     started = datetime.now(UTC)
     env_start = os.getloadavg()
     tools = Tools(servers, workdir, plan.worker_env)
-    runner = Runner(tools, plan, workdir, log)
+    runner = Runner(tools, plan, workdir, log, emulators)
     try:
         seeding = runner.seed_all()
         runs = _JsonLines(workdir / "runs.jsonl")  # kept as they finish: a crash loses none
@@ -242,7 +257,8 @@ def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
     report: dict[str, Any] = {
         "plan": plan.name, "reps": plan.reps, "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": _environment(env_start, workdir), "settings": _settings(plan),
+        "environment": _environment(env_start, workdir) | {"settled": settled(runs)},
+        "settings": _settings(plan),
         "seeding_seconds": seeding,
         "workloads": [_describe(w) for w in plan.workloads],
         "summary": summary, "diff": diff,
@@ -351,6 +367,16 @@ def emulator_gc(workdir: Path) -> dict[str, Any]:
             "pauses_over_100ms": sum(p > 0.1 for p in pauses)}
 
 
+def settled(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How long the runs waited for the emulators to be at rest, and how many never were."""
+    waits = [r["settled"] for r in runs if r.get("settled")]
+    seconds = sorted(w["seconds"] for w in waits)
+    return {"runs": len(waits), "quiet_cores": QUIET_CORES, "window_seconds": QUIET_WINDOW_SECONDS,
+            "median_seconds": statistics.median(seconds) if seconds else 0.0,
+            "max_seconds": max(seconds, default=0.0),
+            "not_quiet": sum(not w["quiet"] for w in waits)}
+
+
 def _environment(load_start: tuple[float, float, float], workdir: Path) -> dict[str, Any]:
     binaries = Path(sys.executable).parent
     rev = _version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
@@ -407,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       rclone=False, extra_env=emulator_env(workdir)) as bed:
             _say(f"local partitions up in {bed.startup_seconds:.1f} s; workdir {workdir}")
             try:
-                result = run_bench(bed.servers, plan, out_dir=args.out, workdir=workdir)
+                result = run_bench(bed.servers, plan, out_dir=args.out, workdir=workdir,
+                                   emulators=bed.process_groups())
             except Exception:
                 traceback.print_exc()
                 return 1

@@ -251,6 +251,10 @@ class LocalBed:
         self.servers = {p.server.name: p.server for p in self._procs}
         return self.servers
 
+    def process_groups(self) -> dict[str, int]:
+        """Each server's process group (its leader's pid): what it runs, for measuring."""
+        return {p.server.name: p.popen.pid for p in self._procs}
+
     def stop(self) -> None:
         """Terminate every server's process group; safe to call any number of times."""
         if self._finalizer is not None:

@@ -22,8 +22,9 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
                                                                 tmp_path: Path) -> None:
     plan = smoke_plan()
     servers = {name: bed.servers[name] for name in ("global", "china")}
+    groups = {name: pgid for name, pgid in bed.process_groups().items() if name in servers}
     report = run_bench(servers, plan, out_dir=tmp_path / "results", workdir=tmp_path / "work",
-                       log=lambda _: None, stem="smoke")
+                       log=lambda _: None, stem="smoke", emulators=groups)
 
     failed = [(r["workload"], r["variant"], r["error"]) for r in report["runs"] if not r["ok"]]
     assert failed == []
@@ -40,6 +41,7 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
         assert run["verify"]["objects"] == objects.count
         assert run["verify"]["bytes"] == objects.total_bytes
         assert run["cpu_seconds"] > 0 and run["peak_rss"] > 0
+        assert run["settled"]["seconds"] > 0  # it waited for the emulators to be at rest
         if run["tool"] == "s3ferry":  # a fleet's backfill went through s3ferry serve
             assert ("serve" in run["processes"]) == (run["variant"] != "s3ferry cold")
             assert run["details"]["backfill"]["enqueued"]["jobs"] == {"copy": objects.count}
@@ -51,3 +53,4 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     for target in report["targets"]:
         assert target["name"] in table
     assert "W3 worker peak RSS" in table and "## W6 scale-out" in table
+    assert "started once the emulators had used under" in table
