@@ -72,6 +72,8 @@ def exchange(method: str, url: str, headers: dict[str, str], data: bytes | None,
     port = parts.port or (443 if parts.scheme == "https" else 80)
     authority = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if any(c in value for value in headers.values() for c in "\r\n"):
+        raise ValueError("a header value (the token?) holds a line break")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {authority}", "Connection: close",
              "User-Agent: s3ferry", f"Content-Length: {len(data or b'')}",
              *(f"{name}: {value}" for name, value in headers.items())]

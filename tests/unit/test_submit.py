@@ -172,6 +172,14 @@ def test_the_command_says_what_went_wrong_when_the_answer_is_cut(
     assert "cut short" in err and TOKEN not in err
 
 
+def test_a_token_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    with serving(json_answer("200 OK", {})) as server, pytest.raises(ValueError,
+                                                                   match="line break"):
+        submit.call("GET", f"http://127.0.0.1:{server.port}/v1/backfills",
+                    "t0ken\r\nX-Injected: 1")
+    assert server.requests == []
+
+
 def test_an_unreachable_service_is_exit_code_1(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("S3FERRY_INTAKE_TOKEN", TOKEN)
