@@ -145,8 +145,9 @@ def _call_through_urllib(method: str, url: str, headers: dict[str, str], data: b
     import urllib.request
 
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+    opener = urllib.request.build_opener()  # reads the proxy variables now (urlopen's
+    try:                                    # shared opener keeps those of its first use)
+        with opener.open(request, timeout=timeout) as answer:
             out: dict[str, Any] = json.loads(answer.read() or b"{}")
             return out
     except urllib.error.HTTPError as exc:

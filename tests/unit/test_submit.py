@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -193,11 +194,13 @@ def test_an_unreachable_service_is_exit_code_1(
 def test_with_a_proxy_configured_the_call_goes_through_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     with serving(json_answer("200 OK", {"state": "done"})) as proxy:
+        # urlopen's shared opener, once built without a proxy, keeps none: not used here
+        urllib.request.urlopen(f"http://127.0.0.1:{proxy.port}/earlier", timeout=10).close()
         monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
         monkeypatch.setenv("no_proxy", "")
         got = submit.call("GET", "http://intake.internal:9410/v1/backfills/r1", TOKEN)
     assert got == {"state": "done"}
-    (request,) = proxy.requests
+    _, request = proxy.requests
     assert request.startswith(b"GET http://intake.internal:9410/v1/backfills/r1 HTTP/1.1")
     assert f"Bearer {TOKEN}".encode() in request
 
