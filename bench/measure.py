@@ -128,9 +128,10 @@ def median(values: Iterable[float]) -> float:
 # -- the emulators at rest -------------------------------------------------------------------
 
 # A run starts once the emulators have been quiet for QUIET_WINDOW_SECONDS: all of them
-# together below QUIET_CORES of CPU. Work left from the previous run (a dropped bucket of
-# 5,000 objects, a GiB of freed buffers) otherwise lands in whichever run comes next, and
-# the first run of each workload in a repetition was up to 0.6 s slower whatever the tool.
+# together below QUIET_CORES of CPU, so work left from the previous run (a dropped bucket of
+# 5,000 objects, a GiB of freed buffers) cannot land in the next one. (Added when the first
+# run of each workload in a repetition was slow; the waits then showed the emulators already
+# at rest, so that was not the cause: see bench/README.md.)
 QUIET_WINDOW_SECONDS = 0.25
 QUIET_CORES = 0.15
 QUIET_MAX_SECONDS = 10.0

@@ -168,8 +168,8 @@ def markdown(report: dict[str, Any]) -> str:
     rest = report["environment"].get("settled")
     if rest and rest["runs"]:
         lines.append(f"Each run started once the emulators had used under "
-                     f"{rest['quiet_cores']} core for {rest['window_seconds']} s (work left "
-                     f"from the run before would land in the next one): waits median "
+                     f"{rest['quiet_cores']} core for {rest['window_seconds']} s (so work left "
+                     f"from the run before cannot land in the next one): waits median "
                      f"{rest['median_seconds']} s, longest {rest['max_seconds']} s; "
                      f"{rest['not_quiet']} runs started at the limit without rest.\n")
     lines.append("`s3ferry` is a deployed fleet: its workers and `s3ferry serve` run before the "

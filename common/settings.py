@@ -196,6 +196,12 @@ class Settings(BaseSettings):
                                      f"{endpoint!r} (configured: {known})")
         return self
 
+    def route_endpoints(self) -> list[str]:
+        """The endpoints the routes name, as sources or destinations (sorted)."""
+        return sorted({ep for route in self.routes.values()
+                       for ep in (route.source.endpoint,
+                                  *(d.endpoint for d in route.destinations))})
+
     def endpoint(self, name: str) -> Endpoint:
         try:
             return self.endpoints[name]

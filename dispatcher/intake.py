@@ -243,9 +243,7 @@ def intake_token(settings: Settings) -> str:
 
 async def open_clients(clients: ClientPool, settings: Settings) -> None:
     """Open every client a backfill will need now, not on the first request."""
-    names = {ep for route in settings.routes.values()
-             for ep in (route.source.endpoint, *(d.endpoint for d in route.destinations))}
-    for name in sorted(names):
+    for name in settings.route_endpoints():
         await clients.get(name)
     if settings.queue_url:
         await clients.get(settings.queue_endpoint, "sqs")

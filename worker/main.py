@@ -37,9 +37,7 @@ def copy_endpoints(settings: Settings) -> list[str]:
     """The endpoints this worker's jobs will name: those of the routes, or, when the worker's
     file has no routes, every endpoint but the queue's own."""
     if settings.routes:
-        names = {r.source.endpoint for r in settings.routes.values()}
-        names.update(d.endpoint for r in settings.routes.values() for d in r.destinations)
-        return sorted(names)
+        return settings.route_endpoints()
     return sorted(n for n in settings.endpoints if n != settings.queue_endpoint)
 
 
