@@ -17,10 +17,13 @@ import json
 import os
 import socket
 import sys
-from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.args import backfill_request
+
+TYPE_CHECKING = False  # as in dispatcher.args: no typing import at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 POLL_SECONDS = 50  # below MAX_WAIT_SECONDS of the service and common proxy idle timeouts
 CALL_TIMEOUT_SECONDS = POLL_SECONDS + 30

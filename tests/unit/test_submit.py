@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -214,14 +215,34 @@ def test_only_proxy_variables_send_calls_through_urllib(
 
 
 def test_the_command_imports_no_http_library() -> None:
-    """What makes it start in tens of milliseconds: neither urllib.request nor http.client
-    (nor botocore and friends) are loaded for a plain-http service."""
-    code = ("import sys; import dispatcher.args, dispatcher.submit; "
-            "heavy = [m for m in ('urllib.request', 'http.client', 'ssl', 'botocore', "
-            "'aiohttp', 'pydantic', 'common.settings') if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    """What makes it start in milliseconds: the whole command (``s3ferry backfill --server``,
+    answered by a service) loads neither urllib.request nor http.client, nor botocore and
+    friends, nor typing and shutil (argparse's help formatter imports the latter)."""
+    done = {"id": "r1", "state": "done", "summary": {"enqueued": {"jobs": {"copy": 1}}}}
+    with serving(json_answer("201 Created", done)) as server:
+        code = ("import sys; from s3ferry.cli import main; "
+                f"code = main(['backfill', '--server', 'http://127.0.0.1:{server.port}']); "
+                "heavy = [m for m in ('urllib.request', 'http.client', 'ssl', 'botocore', "
+                "'aiohttp', 'pydantic', 'common.settings', 'typing', 'shutil') "
+                "if m in sys.modules]; print(code, heavy)")
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, check=True,
+                             env={**os.environ, "S3FERRY_INTAKE_TOKEN": TOKEN})
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("columns", ["50", "120", ""])
+def test_help_is_laid_out_as_argparse_lays_it_out(monkeypatch: pytest.MonkeyPatch,
+                                                  columns: str) -> None:
+    """The formatter that spares the shutil import reads COLUMNS (else the terminal, else 80)
+    as argparse's own does: the help text is the same."""
+    monkeypatch.setenv("COLUMNS", columns)
+    ours = backfill_parser()
+    stock = backfill_parser()
+    stock.formatter_class = argparse.HelpFormatter
+    assert ours.format_help() == stock.format_help()
+    assert ours.format_usage() == stock.format_usage()
 
 
 def submit_args(server: str) -> argparse.Namespace:
