@@ -152,13 +152,21 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _more_reps(report: dict[str, Any]) -> str:
+    more = {w: n for w, n in report.get("reps_by_workload", {}).items() if n > report["reps"]}
+    if not more:
+        return ""
+    return " (" + ", ".join(f"{w}: {n}" for w, n in sorted(more.items())) + ")"
+
+
 def markdown(report: dict[str, Any]) -> str:
     summary, lines = report["summary"], []
     lines.append(f"# s3ferry bench ({report['plan']}, {report['started']})\n")
     lines.append(f"{report['environment']['cpus']} CPUs shared with the emulators and other "
                  f"work; load average at start {report['environment']['loadavg_start']}, at "
                  f"end {report['environment']['loadavg_end']}. Medians of "
-                 f"{report['reps']} interleaved repetitions; only verified runs count.\n")
+                 f"{report['reps']} interleaved repetitions{_more_reps(report)}; only verified "
+                 f"runs count.\n")
     gc = report["environment"].get("emulator_gc")
     if gc and gc["full_collections"]:  # the bench's own bed logs them (not the tests' bed)
         lines.append(f"The emulators freeze their heap after each full garbage collection "

@@ -232,11 +232,12 @@ def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
     try:
         seeding = runner.seed_all()
         runs = _JsonLines(workdir / "runs.jsonl")  # kept as they finish: a crash loses none
-        for rep in range(plan.reps):
-            log(f"repetition {rep + 1}/{plan.reps}")
+        for rep in range(plan.rounds):
+            log(f"repetition {rep + 1}/{plan.rounds}")
             for wl in plan.workloads:
-                runs += [runner.copy(wl, v, rep) for v in _rotate(wl.variants, rep)]
-            if plan.diff is not None:
+                if rep < plan.reps_of(wl):
+                    runs += [runner.copy(wl, v, rep) for v in _rotate(wl.variants, rep)]
+            if plan.diff is not None and rep < plan.reps:
                 runs.append(runner.diff_synthetic(plan.diff, rep))
                 runs += [runner.diff_real(plan.diff, v, rep)
                          for v in _rotate(plan.diff.variants, rep)]
@@ -255,7 +256,8 @@ def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
     summary = reporting.summarize(runs)
     diff = reporting.synthetic_diff(runs)
     report: dict[str, Any] = {
-        "plan": plan.name, "reps": plan.reps, "started": started.isoformat(timespec="seconds"),
+        "plan": plan.name, "reps": plan.reps, "reps_by_workload": reps_by_workload(runs),
+        "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": _environment(env_start, workdir) | {"settled": settled(runs)},
         "settings": _settings(plan),
@@ -270,11 +272,20 @@ def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
     return report
 
 
+def reps_by_workload(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """How many repetitions of each workload the runs hold (some get more: Workload.reps)."""
+    seen: dict[str, set[int]] = {}
+    for run in runs:
+        if run["rep"] >= 0:  # not a profile's run
+            seen.setdefault(run["workload"], set()).add(run["rep"])
+    return {wid: len(reps) for wid, reps in seen.items()}
+
+
 def render(runs_path: Path, plan: Plan, out_dir: Path) -> dict[str, Any]:
     """Report the runs an interrupted bench kept in its ``runs.jsonl`` (no profiles)."""
     runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
-    reps = max((r["rep"] for r in runs), default=-1) + 1
-    plan = dataclasses.replace(plan, reps=reps)
+    counts = reps_by_workload([r for r in runs if r["rep"] >= 0])
+    plan = dataclasses.replace(plan, reps=min(counts.values(), default=0))
     started = datetime.fromtimestamp(runs_path.stat().st_ctime, UTC)
     profiles = {}
     for raw in sorted(runs_path.parent.glob("profile-*.txt")):
@@ -394,8 +405,9 @@ def _environment(load_start: tuple[float, float, float], workdir: Path) -> dict[
 
 def build_plan(args: argparse.Namespace) -> Plan:
     plan = smoke_plan() if args.smoke else full_plan()
-    if args.reps:
-        plan = dataclasses.replace(plan, reps=args.reps)
+    if args.reps:  # the same for every workload, as asked
+        plan = dataclasses.replace(plan, reps=args.reps, workloads=tuple(
+            dataclasses.replace(w, reps=0) for w in plan.workloads))
     if args.only:
         wanted = set(args.only.split(","))
         plan = dataclasses.replace(
@@ -408,10 +420,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny workloads, one repetition")
-    parser.add_argument("--reps", type=int, help="repetitions (default 3; smoke 1)")
+    parser.add_argument("--reps", type=int,
+                        help="repetitions of every workload (default 3, W4a 9, W4b 5; smoke 1)")
     parser.add_argument("--only", help="comma-separated workload ids: W1,W2,W3,W4a,W4b,W5,W6")
     parser.add_argument("--profile", metavar="IDS",
                         help="workloads whose s3ferry worker is profiled with py-spy in one "
@@ -420,7 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="scratch (default: a temporary directory)")
     parser.add_argument("--render", type=Path, metavar="RUNS_JSONL",
                         help="only write the report of the runs kept in a workdir's runs.jsonl")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     plan = build_plan(args)
     if args.render:
         result = render(args.render, plan, args.out)

@@ -29,6 +29,10 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     failed = [(r["workload"], r["variant"], r["error"]) for r in report["runs"] if not r["ok"]]
     assert failed == []
     ran = {(r["workload"], r["variant"]) for r in report["runs"]}
+    # W4a asks for more repetitions than the plan's one; the others run once
+    assert report["reps_by_workload"] == {w: 2 if w == "W4a" else 1 for w in
+                                          ("W1", "W2", "W3", "W4a", "W4b", "W6",
+                                           "W5-real", "W5-synthetic")}
     expected = {(w.id, v.label) for w in plan.workloads for v in w.variants}
     assert plan.diff is not None
     expected |= {("W5-real", v.label) for v in plan.diff.variants}
@@ -54,3 +58,4 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
         assert target["name"] in table
     assert "W3 worker peak RSS" in table and "## W6 scale-out" in table
     assert "started once the emulators had used under" in table
+    assert "Medians of 1 interleaved repetitions (W4a: 2)" in table
