@@ -109,7 +109,12 @@ class Runner:
         record = _record(wl.id, variant, rep)
         try:
             self._settle(record)
+            before = self._emulator_cpu()
             result = self._launch(variant, src, dst, run_dir, profile)
+            spent = {name: round(cpu - before[name], 2)
+                     for name, cpu in self._emulator_cpu().items()}
+            record.update(server_cpu_seconds=round(sum(spent.values()), 2),
+                          server_cpu_by_emulator=spent)
             checked = verify(client, dst.bucket, seeded, wl.verify_sample, self.rng)
             record.update(_metrics(result, checked["bytes"], checked["objects"]),
                           verify=checked, ok=True)
@@ -127,6 +132,11 @@ class Runner:
         groups = list(self.emulators.values())
         waited, quiet = settle(lambda: sum(group_cpu_seconds(g) for g in groups))
         record["settled"] = {"seconds": round(waited, 2), "quiet": quiet}
+
+    def _emulator_cpu(self) -> dict[str, float]:
+        """CPU seconds each emulator has used so far: what a run cost the servers (the
+        copies themselves, and the queue's work for s3ferry)."""
+        return {name: group_cpu_seconds(g) for name, g in self.emulators.items()}
 
     def _launch(self, variant: Variant, src: Side, dst: Side, run_dir: Path,
                 profile: Path | None) -> RunResult:

@@ -46,6 +46,9 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
         assert run["verify"]["bytes"] == objects.total_bytes
         assert run["cpu_seconds"] > 0 and run["peak_rss"] > 0
         assert run["settled"]["seconds"] > 0  # it waited for the emulators to be at rest
+        # what the run cost the servers: the copies' endpoint worked, whichever tool asked
+        assert set(run["server_cpu_by_emulator"]) == set(groups)
+        assert run["server_cpu_by_emulator"]["global"] > 0
         if run["tool"] == "s3ferry":  # a fleet's backfill went through s3ferry serve
             assert ("serve" in run["processes"]) == (run["variant"] != "s3ferry cold")
             assert run["details"]["backfill"]["enqueued"]["jobs"] == {"copy": objects.count}
@@ -57,5 +60,6 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     for target in report["targets"]:
         assert target["name"] in table
     assert "W3 worker peak RSS" in table and "## W6 scale-out" in table
+    assert "servers' CPU s" in table
     assert "started once the emulators had used under" in table
     assert "Medians of 1 interleaved repetitions (W4a: 2)" in table
