@@ -55,8 +55,11 @@ MAX_AUTO_RECEIVERS = 4
 ACKS_IN_FLIGHT = 4  # DeleteMessageBatch calls at once
 # An ack waits this long for others to share its DeleteMessageBatch, and only while jobs are
 # still running (when none is, no other ack is coming soon: the last job of a backfill, or a
-# lone event, is acknowledged at once).
-ACK_LINGER_SECONDS = 0.05
+# lone event, is acknowledged at once). Waiting costs nothing but the wait: the job's slot is
+# free as soon as it finished, and its message stays hidden for the visibility timeout
+# (at least 10 s). Fewer calls are fewer SQS requests to pay for, and less work for a queue
+# that shares the machine: 16 copies finishing over 0.4 s took 5-7 calls at 0.05 s, 2 at 0.5 s.
+ACK_LINGER_SECONDS = 0.5
 RECENT_MESSAGES = 20  # how many messages' job counts predict the next ones'
 
 
