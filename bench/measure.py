@@ -139,15 +139,24 @@ QUIET_MAX_SECONDS = 10.0
 
 def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
     """User + system CPU seconds of every live process in a process group (all threads)."""
-    ticks = 0
+    return sum(group_cpu_times(pgid, proc))
+
+
+def group_cpu_times(pgid: int, proc: Path = Path("/proc")) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in a process group (all threads).
+    System time is the kernel's work for them: on this VM, mostly faulting in pages that the
+    host took back (see bench/README)."""
+    user = system = 0
     for stat in proc.glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone meanwhile
         if int(fields[2]) == pgid:  # state, ppid, pgrp, ... utime (11), stime (12)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])
+            system += int(fields[12])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return user / ticks, system / ticks
 
 
 def settle(cpu: Callable[[], float], *, sleep: Callable[[float], None] = time.sleep,

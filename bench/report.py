@@ -32,7 +32,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
         row: dict[str, Any] = {"runs": len(items), "ok": len(good)}
         for metric in ("wall_seconds", "cpu_seconds", "peak_rss", "mib_per_second",
                        "objects_per_second", "cpu_seconds_per_gib", "keys_per_second",
-                       "server_cpu_seconds"):
+                       "server_cpu_seconds", "server_kernel_seconds"):
             values = [r[metric] for r in good if r.get(metric) is not None]
             if values:
                 row[metric] = median(values)
@@ -188,7 +188,8 @@ def markdown(report: dict[str, Any]) -> str:
                  "use `s3ferry`; CPU seconds include every s3ferry process's start either way. "
                  "Servers' CPU s: what the emulators (S3, and s3ferry's queue) used while the "
                  "run's processes lived, s3ferry's fleet start included: what a run cost the "
-                 "endpoints.\n")
+                 "endpoints; in brackets the kernel's part of it, which moves the most from "
+                 "run to run on this VM (bench/README).\n")
     lines += _copy_table(report)
     lines += _diff_table(report)
     lines += _scale_table(summary)
@@ -221,7 +222,7 @@ def _copy_table(report: dict[str, Any]) -> list[str]:
     summary = report["summary"]
     lines = ["## Copies\n",
              "| workload | tool | ok | wall s | MiB/s | objects/s | CPU s | CPU s/GiB | "
-             "peak RSS MiB | servers' CPU s | wall / peer | CPU / peer |",
+             "peak RSS MiB | servers' CPU s (kernel) | wall / peer | CPU / peer |",
              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for wl in report["workloads"]:
         if wl["baseline"] is None:
@@ -238,8 +239,13 @@ def _copy_table(report: dict[str, Any]) -> list[str]:
                 f"{_fmt(row.get('objects_per_second'), 1)} | {_fmt(row.get('cpu_seconds'))} | "
                 f"{_fmt(row.get('cpu_seconds_per_gib'))} | "
                 f"{_fmt(None if rss is None else rss / MIB, 0)} | "
-                f"{_fmt(row.get('server_cpu_seconds'))} | {_fmt(wall)} | {_fmt(cpu)} |")
+                f"{_servers(row)} | {_fmt(wall)} | {_fmt(cpu)} |")
     return lines
+
+
+def _servers(row: dict[str, Any]) -> str:
+    cpu, kernel = row.get("server_cpu_seconds"), row.get("server_kernel_seconds")
+    return _fmt(cpu) + ("" if kernel is None else f" ({_fmt(kernel)})")
 
 
 def _diff_table(report: dict[str, Any]) -> list[str]:

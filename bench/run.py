@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import report as reporting
-from bench.measure import QUIET_CORES, QUIET_WINDOW_SECONDS, Child, group_cpu_seconds, settle
+from bench.measure import (
+    QUIET_CORES,
+    QUIET_WINDOW_SECONDS,
+    Child,
+    group_cpu_seconds,
+    group_cpu_times,
+    settle,
+)
 from bench.seed import Seeded, VerifyError, create_bucket, drop_bucket, seed, verify
 from bench.tools import RunFailed, RunResult, Side, Tools
 from bench.workloads import (
@@ -111,9 +118,11 @@ class Runner:
             self._settle(record)
             before = self._emulator_cpu()
             result = self._launch(variant, src, dst, run_dir, profile)
-            spent = {name: round(cpu - before[name], 2)
-                     for name, cpu in self._emulator_cpu().items()}
+            after = self._emulator_cpu()
+            spent = {name: round(sum(after[name]) - sum(before[name]), 2) for name in after}
+            kernel = sum(after[name][1] - before[name][1] for name in after)
             record.update(server_cpu_seconds=round(sum(spent.values()), 2),
+                          server_kernel_seconds=round(kernel, 2),
                           server_cpu_by_emulator=spent)
             checked = verify(client, dst.bucket, seeded, wl.verify_sample, self.rng)
             record.update(_metrics(result, checked["bytes"], checked["objects"]),
@@ -133,10 +142,10 @@ class Runner:
         waited, quiet = settle(lambda: sum(group_cpu_seconds(g) for g in groups))
         record["settled"] = {"seconds": round(waited, 2), "quiet": quiet}
 
-    def _emulator_cpu(self) -> dict[str, float]:
-        """CPU seconds each emulator has used so far: what a run cost the servers (the
-        copies themselves, and the queue's work for s3ferry)."""
-        return {name: group_cpu_seconds(g) for name, g in self.emulators.items()}
+    def _emulator_cpu(self) -> dict[str, tuple[float, float]]:
+        """(user, system) CPU seconds each emulator has used so far: what a run cost the
+        servers (the copies themselves, and the queue's work for s3ferry)."""
+        return {name: group_cpu_times(g) for name, g in self.emulators.items()}
 
     def _launch(self, variant: Variant, src: Side, dst: Side, run_dir: Path,
                 profile: Path | None) -> RunResult:

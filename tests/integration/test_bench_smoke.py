@@ -49,6 +49,7 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
         # what the run cost the servers: the copies' endpoint worked, whichever tool asked
         assert set(run["server_cpu_by_emulator"]) == set(groups)
         assert run["server_cpu_by_emulator"]["global"] > 0
+        assert 0 <= run["server_kernel_seconds"] <= run["server_cpu_seconds"]
         if run["tool"] == "s3ferry":  # a fleet's backfill went through s3ferry serve
             assert ("serve" in run["processes"]) == (run["variant"] != "s3ferry cold")
             assert run["details"]["backfill"]["enqueued"]["jobs"] == {"copy": objects.count}
