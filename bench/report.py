@@ -186,10 +186,11 @@ def markdown(report: dict[str, Any]) -> str:
                  "job is acknowledged. `s3ferry cold` starts the worker and `s3ferry backfill` "
                  "processes with the clock (their Python start and imports included). Targets "
                  "use `s3ferry`; CPU seconds include every s3ferry process's start either way. "
-                 "Servers' CPU s: what the emulators (S3, and s3ferry's queue) used while the "
-                 "run's processes lived, s3ferry's fleet start included: what a run cost the "
+                 "Servers' CPU s: what the emulators (S3, and s3ferry's queue) used from the "
+                 "clock's start until the run's processes stopped: what a run cost the "
                  "endpoints; in brackets the kernel's part of it, which moves the most from "
-                 "run to run on this VM (bench/README).\n")
+                 "run to run on this VM (bench/README). Each run's destination is deleted "
+                 "just before the next run's clock starts, after that run's setup.\n")
     lines += _copy_table(report)
     lines += _diff_table(report)
     lines += _scale_table(summary)

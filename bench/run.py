@@ -84,6 +84,8 @@ class Runner:
         self.log = log
         self.rng = random.Random(4)
         self.seeded: dict[str, Seeded] = {}
+        # destinations of finished runs, deleted just before the next run's clock starts
+        self.leftovers: list[tuple[Any, str]] = []
 
     def seed_all(self) -> dict[str, float]:
         sets: dict[str, ObjectSet] = {w.objects.name: w.objects for w in self.plan.workloads}
@@ -114,10 +116,15 @@ class Runner:
         src = Side(SOURCE_ENDPOINT, seeded.bucket)
         run_dir = self._run_dir(wl.id, variant.label, rep if profile is None else "profile")
         record = _record(wl.id, variant, rep)
-        try:
+        before: dict[str, tuple[float, float]] = {}
+
+        def before_clock() -> None:
+            self.clean_up()
             self._settle(record)
-            before = self._emulator_cpu()
-            result = self._launch(variant, src, dst, run_dir, profile)
+            before.update(self._emulator_cpu())
+
+        try:
+            result = self._launch(variant, src, dst, run_dir, profile, before_clock)
             after = self._emulator_cpu()
             spent = {name: round(sum(after[name]) - sum(before[name]), 2) for name in after}
             kernel = sum(after[name][1] - before[name][1] for name in after)
@@ -130,9 +137,19 @@ class Runner:
         except (RunFailed, VerifyError, TimeoutError) as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            drop_bucket(client, dst.bucket)
+            self.leftovers.append((client, dst.bucket))
         self._say_run(record)
         return record
+
+    def clean_up(self) -> None:
+        """Delete the destinations of finished runs. Done just before the next run's clock,
+        after its setup (s3ferry's fleet start): on this VM, memory a process takes after a
+        large delete is the emulator's fast memory, and the emulator's next writes fault in
+        what the host took back instead (bench/README, W4a). Deleting last puts every tool's
+        clock at the same distance from the delete, whatever its setup took."""
+        while self.leftovers:
+            client, bucket = self.leftovers.pop()
+            drop_bucket(client, bucket)
 
     def _settle(self, record: dict[str, Any]) -> None:
         """Start the run once the emulators are at rest (see :func:`bench.measure.settle`)."""
@@ -148,12 +165,13 @@ class Runner:
         return {name: group_cpu_times(g) for name, g in self.emulators.items()}
 
     def _launch(self, variant: Variant, src: Side, dst: Side, run_dir: Path,
-                profile: Path | None) -> RunResult:
+                profile: Path | None, before_clock: Callable[[], None]) -> RunResult:
         if variant.tool == "s3ferry":
-            return self.tools.run_s3ferry(variant, src, dst, run_dir, profile=profile)
+            return self.tools.run_s3ferry(variant, src, dst, run_dir, profile=profile,
+                                          before_clock=before_clock)
         if variant.tool == "rclone":
-            return self.tools.run_rclone(variant, src, dst, run_dir)
-        return self.tools.run_s5cmd(variant, src, dst, run_dir)
+            return self.tools.run_rclone(variant, src, dst, run_dir, before_clock=before_clock)
+        return self.tools.run_s5cmd(variant, src, dst, run_dir, before_clock=before_clock)
 
     def diff_real(self, plan: DiffPlan, variant: Variant, rep: int) -> dict[str, Any]:
         seeded = self.seeded[plan.real.name]
@@ -164,6 +182,7 @@ class Runner:
         run_dir = self._run_dir("W5-real", variant.label, rep)
         record = _record("W5-real", variant, rep)
         try:
+            self.clean_up()
             self._settle(record)
             if variant.tool == "s3ferry":
                 result = self.tools.run_backfill_dry(variant, src, dst, run_dir)
@@ -180,6 +199,7 @@ class Runner:
         return record
 
     def diff_synthetic(self, plan: DiffPlan, rep: int) -> dict[str, Any]:
+        self.clean_up()
         run_dir = self._run_dir("W5-synthetic", rep)
         out = run_dir / "result.json"
         argv = [sys.executable, "-m", "bench.diffbench", "--keys", str(plan.synthetic_keys),
@@ -262,6 +282,7 @@ def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
                          for v in _rotate(plan.diff.variants, rep)]
         profiles = {wid: _profile(runner, wid) for wid in plan.profile}
     finally:
+        runner.clean_up()
         tools.close()
     return build_report(plan, list(runs), started=started, env_start=env_start,
                         seeding=seeding, profiles=profiles, out_dir=out_dir, stem=stem,

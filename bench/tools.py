@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,10 @@ def compile_sources() -> None:
     otherwise compile every module of ours again at start (~0.1 s each)."""
     for package in PACKAGES:
         compileall.compile_dir(REPO_ROOT / package, quiet=1)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _bin(name: str) -> str:
@@ -156,13 +160,17 @@ class Tools:
         return env
 
     def run_s3ferry(self, variant: Variant, src: Side, dst: Side, run_dir: Path, *,
-                    profile: Path | None = None) -> RunResult:
+                    profile: Path | None = None,
+                    before_clock: Callable[[], None] = _nothing) -> RunResult:
+        """``before_clock`` runs just before the clock starts: after the fleet is up."""
         config = self.s3ferry_config(run_dir, src, dst)
         queue, dlq = self.new_queues()
         env = self.s3ferry_env()
         services: list[Child] = []
         spy: Child | None = None
         try:
+            if variant.start != "fleet":
+                before_clock()
             began = time.perf_counter()
             workers = [Child(f"worker{i}", worker_argv(config, queue, dlq, run_dir, i),
                              env=env, log=run_dir / f"worker{i}.log", cwd=REPO_ROOT)
@@ -175,6 +183,7 @@ class Tools:
                                           env=env | INTAKE_ENV, log=run_dir / "serve.log",
                                           cwd=REPO_ROOT))
                     _wait_until_ready(services[0], port, workers)
+                    before_clock()
                     began = time.perf_counter()
                     producers = [Child("backfill", remote_backfill_argv(port, variant.flags),
                                        env=env | INTAKE_ENV, log=run_dir / "backfill.log",
@@ -238,13 +247,16 @@ class Tools:
 
     # -- peers -----------------------------------------------------------------------------
 
-    def run_rclone(self, variant: Variant, src: Side, dst: Side, run_dir: Path) -> RunResult:
+    def run_rclone(self, variant: Variant, src: Side, dst: Side, run_dir: Path, *,
+                   before_clock: Callable[[], None] = _nothing) -> RunResult:
         argv = [_bin("rclone"), "copy", f"{src.endpoint}:{src.bucket}",
                 f"{dst.endpoint}:{dst.bucket}", "--config", str(self.rclone_conf),
                 *variant.flags]
+        before_clock()
         return self._single("rclone", argv, dict(os.environ), run_dir)
 
-    def run_s5cmd(self, variant: Variant, src: Side, dst: Side, run_dir: Path) -> RunResult:
+    def run_s5cmd(self, variant: Variant, src: Side, dst: Side, run_dir: Path, *,
+                  before_clock: Callable[[], None] = _nothing) -> RunResult:
         if src.endpoint != dst.endpoint:
             raise ValueError("s5cmd copies within one endpoint only")
         server = self.servers[src.endpoint]
@@ -252,6 +264,7 @@ class Tools:
                    AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_REGION=server.region)
         argv = [_bin("s5cmd"), "--endpoint-url", server.endpoint_url, *variant.flags,
                 "cp", f"s3://{src.bucket}/*", f"s3://{dst.bucket}/"]
+        before_clock()
         return self._single("s5cmd", argv, env, run_dir)
 
     def _single(self, name: str, argv: list[str], env: dict[str, str],

@@ -3,10 +3,15 @@ often the queue is asked; an empty queue decides the end), and how often each wo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.run import build_plan, parse_args
-from bench.tools import FinishedJobs, _enqueued_jobs
+import pytest
+
+from bench.run import Runner, build_plan, parse_args
+from bench.seed import Seeded
+from bench.tools import FinishedJobs, RunResult, Side, _enqueued_jobs
+from bench.workloads import ObjectSet, Plan, Variant, Workload
 
 
 def test_finished_jobs_are_counted_from_what_the_log_gained(tmp_path: Path) -> None:
@@ -38,3 +43,41 @@ def test_short_workloads_get_more_repetitions_unless_a_count_is_asked() -> None:
     assert plan.rounds == max(reps.values())
     asked = build_plan(parse_args(["--reps", "2"]))
     assert {asked.reps_of(w) for w in asked.workloads} == {2} and asked.rounds == 2
+
+
+def test_a_runs_destination_is_deleted_just_before_the_next_clock_after_its_setup(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Memory a tool's setup takes after a large delete slows the emulator's next writes on
+    this VM, so the delete comes after the next run's setup, right before its clock."""
+    events: list[str] = []
+
+    class FakeTools:
+        s3 = {"global": object()}
+
+        def run_s5cmd(self, variant: Variant, src: Side, dst: Side, run_dir: Path, *,
+                      before_clock: Callable[[], None]) -> RunResult:
+            events.append(f"setup {dst.bucket[:11]}")
+            before_clock()
+            events.append(f"clock {dst.bucket[:11]}")
+            return RunResult(wall_seconds=1.0, cpu_seconds=0.1, peak_rss=1)
+
+    monkeypatch.setattr("bench.run.create_bucket", lambda client, bucket: None)
+    monkeypatch.setattr("bench.run.drop_bucket",
+                        lambda client, bucket: events.append(f"drop {bucket[:11]}"))
+    monkeypatch.setattr("bench.run.verify", lambda *a: {"bytes": 1, "objects": 1})
+    objects = ObjectSet(name="large", count=1, size=1)
+    workload = Workload(id="W4a", title="t", objects=objects, destination="global",
+                        variants=(), baseline=None, verify_sample=0)
+    plan = Plan(name="t", reps=1, workloads=(workload,), diff=None)
+    runner = Runner(FakeTools(), plan, tmp_path, lambda _: None)  # type: ignore[arg-type]
+    runner.seeded["large"] = Seeded(endpoint="global", bucket="src", objects=objects,
+                                    sizes={}, digests={})
+    s5cmd = Variant(label="s5cmd", tool="s5cmd")
+
+    first, second = runner.copy(workload, s5cmd, 0), runner.copy(workload, s5cmd, 1)
+    runner.clean_up()
+
+    assert first["ok"] and second["ok"]
+    assert events == ["setup w4a-s5cmd-0", "clock w4a-s5cmd-0",
+                      "setup w4a-s5cmd-1", "drop w4a-s5cmd-0", "clock w4a-s5cmd-1",
+                      "drop w4a-s5cmd-1"]
