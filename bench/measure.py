@@ -137,26 +137,24 @@ QUIET_CORES = 0.15
 QUIET_MAX_SECONDS = 10.0
 
 
-def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
-    """User + system CPU seconds of every live process in a process group (all threads)."""
-    return sum(group_cpu_times(pgid, proc))
-
-
-def group_cpu_times(pgid: int, proc: Path = Path("/proc")) -> tuple[float, float]:
-    """(user, system) CPU seconds of every live process in a process group (all threads).
-    System time is the kernel's work for them: on this VM, mostly faulting in pages that the
-    host took back (see bench/README)."""
-    user = system = 0
+def cpu_times_by_group(pgids: Iterable[int],
+                       proc: Path = Path("/proc")) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of every live process (all threads) in each of these
+    process groups, from one pass over ``/proc``. System time is the kernel's work for them:
+    on this VM, mostly faulting in pages that the host took back (see bench/README)."""
+    ticks: dict[int, list[int]] = {pgid: [0, 0] for pgid in pgids}
     for stat in proc.glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone meanwhile
-        if int(fields[2]) == pgid:  # state, ppid, pgrp, ... utime (11), stime (12)
-            user += int(fields[11])
-            system += int(fields[12])
-    ticks = os.sysconf("SC_CLK_TCK")
-    return user / ticks, system / ticks
+        group = ticks.get(int(fields[2]))  # state, ppid, pgrp, ... utime (11), stime (12)
+        if group is not None:
+            group[0] += int(fields[11])
+            group[1] += int(fields[12])
+    per_second = os.sysconf("SC_CLK_TCK")
+    return {pgid: (user / per_second, system / per_second)
+            for pgid, (user, system) in ticks.items()}
 
 
 def settle(cpu: Callable[[], float], *, sleep: Callable[[float], None] = time.sleep,

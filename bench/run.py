@@ -36,8 +36,7 @@ from bench.measure import (
     QUIET_CORES,
     QUIET_WINDOW_SECONDS,
     Child,
-    group_cpu_seconds,
-    group_cpu_times,
+    cpu_times_by_group,
     settle,
 )
 from bench.seed import Seeded, VerifyError, create_bucket, drop_bucket, seed, verify
@@ -119,8 +118,7 @@ class Runner:
         before: dict[str, tuple[float, float]] = {}
 
         def before_clock() -> None:
-            self.clean_up()
-            self._settle(record)
+            self._ready_for_clock(record)
             before.update(self._emulator_cpu())
 
         try:
@@ -151,18 +149,20 @@ class Runner:
             client, bucket = self.leftovers.pop()
             drop_bucket(client, bucket)
 
-    def _settle(self, record: dict[str, Any]) -> None:
-        """Start the run once the emulators are at rest (see :func:`bench.measure.settle`)."""
+    def _ready_for_clock(self, record: dict[str, Any]) -> None:
+        """What comes just before a clock starts: delete the finished runs' destinations,
+        then wait for the emulators to be at rest (see :func:`bench.measure.settle`)."""
+        self.clean_up()
         if not self.emulators:
             return
-        groups = list(self.emulators.values())
-        waited, quiet = settle(lambda: sum(group_cpu_seconds(g) for g in groups))
+        waited, quiet = settle(lambda: sum(sum(t) for t in self._emulator_cpu().values()))
         record["settled"] = {"seconds": round(waited, 2), "quiet": quiet}
 
     def _emulator_cpu(self) -> dict[str, tuple[float, float]]:
         """(user, system) CPU seconds each emulator has used so far: what a run cost the
         servers (the copies themselves, and the queue's work for s3ferry)."""
-        return {name: group_cpu_times(g) for name, g in self.emulators.items()}
+        times = cpu_times_by_group(self.emulators.values())
+        return {name: times[g] for name, g in self.emulators.items()}
 
     def _launch(self, variant: Variant, src: Side, dst: Side, run_dir: Path,
                 profile: Path | None, before_clock: Callable[[], None]) -> RunResult:
@@ -182,8 +182,7 @@ class Runner:
         run_dir = self._run_dir("W5-real", variant.label, rep)
         record = _record("W5-real", variant, rep)
         try:
-            self.clean_up()
-            self._settle(record)
+            self._ready_for_clock(record)
             if variant.tool == "s3ferry":
                 result = self.tools.run_backfill_dry(variant, src, dst, run_dir)
                 _check_dry_run(result, plan.real.count)
@@ -324,7 +323,7 @@ def reps_by_workload(runs: list[dict[str, Any]]) -> dict[str, int]:
 def render(runs_path: Path, plan: Plan, out_dir: Path) -> dict[str, Any]:
     """Report the runs an interrupted bench kept in its ``runs.jsonl`` (no profiles)."""
     runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
-    counts = reps_by_workload([r for r in runs if r["rep"] >= 0])
+    counts = reps_by_workload(runs)
     plan = dataclasses.replace(plan, reps=min(counts.values(), default=0))
     started = datetime.fromtimestamp(runs_path.stat().st_ctime, UTC)
     profiles = {}

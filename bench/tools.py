@@ -252,8 +252,7 @@ class Tools:
         argv = [_bin("rclone"), "copy", f"{src.endpoint}:{src.bucket}",
                 f"{dst.endpoint}:{dst.bucket}", "--config", str(self.rclone_conf),
                 *variant.flags]
-        before_clock()
-        return self._single("rclone", argv, dict(os.environ), run_dir)
+        return self._single("rclone", argv, dict(os.environ), run_dir, before_clock)
 
     def run_s5cmd(self, variant: Variant, src: Side, dst: Side, run_dir: Path, *,
                   before_clock: Callable[[], None] = _nothing) -> RunResult:
@@ -264,12 +263,12 @@ class Tools:
                    AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_REGION=server.region)
         argv = [_bin("s5cmd"), "--endpoint-url", server.endpoint_url, *variant.flags,
                 "cp", f"s3://{src.bucket}/*", f"s3://{dst.bucket}/"]
-        before_clock()
-        return self._single("s5cmd", argv, env, run_dir)
+        return self._single("s5cmd", argv, env, run_dir, before_clock)
 
-    def _single(self, name: str, argv: list[str], env: dict[str, str],
-                run_dir: Path) -> RunResult:
+    def _single(self, name: str, argv: list[str], env: dict[str, str], run_dir: Path,
+                before_clock: Callable[[], None]) -> RunResult:
         (run_dir / "argv.json").write_text(json.dumps(argv))
+        before_clock()
         child = Child(name, argv, env=env, log=run_dir / f"{name}.log")
         usage = child.wait(timeout=RUN_TIMEOUT_SECONDS)
         _check_exits([child])
