@@ -1,9 +1,11 @@
 """ListObjectsV2 as an async stream of :class:`Entry`, one page ahead at most.
 
 The next page is requested while the current one is consumed, so listing and diffing overlap;
-memory holds two pages (2,000 keys) whatever the bucket size. Keys are yielded relative to a
-base prefix. A key the store returns outside the requested prefix is dropped and logged, never
-passed on: the delete path relies on every destination key being below its prefix.
+memory holds two pages (2,000 keys) whatever the bucket size. Pages are parsed by
+:mod:`dispatcher.fastlist` (botocore's answer for ~1/7 of its CPU). Keys are yielded
+relative to a base prefix. A key the store returns outside the requested prefix is dropped
+and logged, never passed on: the delete path relies on every destination key being below
+its prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from common.errors import FerryError
 from common.logs import get_logger
 from common.retry import RetryPolicy, retrying
 from common.s3errors import classify
+from dispatcher import fastlist
 from dispatcher.diff import Entry
 
 log = get_logger(__name__)
@@ -39,6 +42,7 @@ async def pages(client: Any, *, bucket: str, prefix: str, delimiter: str | None 
                 policy: RetryPolicy | None = None) -> AsyncIterator[dict[str, Any]]:
     """Every ListObjectsV2 page, the next one fetched while the caller handles this one."""
     policy = policy or RetryPolicy()
+    fastlist.install(client)
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
     if delimiter:
         kwargs["Delimiter"] = delimiter
