@@ -39,6 +39,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common import heap
 from common.clients import ClientPool
 from common.errors import ConfigError, FerryError
 from common.logs import get_logger
@@ -251,8 +252,11 @@ async def open_clients(clients: ClientPool, settings: Settings) -> None:
 
 async def serve(settings: Settings, *, metrics: DispatcherMetrics | None = None,
                 ready: asyncio.Future[int] | None = None,
-                stop: asyncio.Event | None = None) -> None:
-    """Serve the intake API until SIGTERM/SIGINT (or ``stop``); ``ready`` gets the port."""
+                stop: asyncio.Event | None = None,
+                on_started: Callable[[], object] | None = None) -> None:
+    """Serve the intake API until SIGTERM/SIGINT (or ``stop``); ``ready`` gets the port.
+    ``on_started`` runs once the clients are open and the port is bound (the command line
+    freezes the start-up heap there: :mod:`common.heap`)."""
     token = intake_token(settings)
     if not settings.routes:
         raise ConfigError("no routes configured: add [routes.NAME] tables to the config file")
@@ -272,6 +276,8 @@ async def serve(settings: Settings, *, metrics: DispatcherMetrics | None = None,
             site = web.TCPSite(runner, d.intake_host, d.intake_port)
             await site.start()
             port = int(runner.addresses[0][1])  # the one bound, when intake_port is 0
+            if on_started is not None:
+                on_started()
             log.info("serve_started", host=d.intake_host, port=port,
                      routes=sorted(settings.routes), queue=bool(settings.queue_url))
             if ready is not None and not ready.done():
@@ -321,7 +327,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     metrics = DispatcherMetrics()
     start_process(settings, metrics.registry, serve=not args.no_metrics)
     try:
-        asyncio.run(serve(settings, metrics=metrics))
+        asyncio.run(serve(settings, metrics=metrics, on_started=heap.freeze))
     except ConfigError as exc:
         print(f"s3ferry serve: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from common import heap
 from common.clients import ClientPool
 from common.errors import ConfigError
 from common.logs import get_logger, scrub_text
@@ -55,8 +56,12 @@ async def warm_up(s3: WireClients, names: Sequence[str]) -> None:
 
 async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None,
                      consumer_ready: asyncio.Future[Consumer] | None = None,
-                     replicator_cls: type[Replicator] = Replicator) -> Summary:
-    """Run until SIGTERM/SIGINT (or idle, with ``exit_when_idle``); return what was done."""
+                     replicator_cls: type[Replicator] = Replicator,
+                     on_started: Callable[[], object] | None = None) -> Summary:
+    """Run until SIGTERM/SIGINT (or idle, with ``exit_when_idle``); return what was done.
+
+    ``on_started`` runs once the clients are open, before the first receive (the command
+    line freezes the start-up heap there: :mod:`common.heap`)."""
     if not settings.queue_url or not settings.dlq_url:
         raise ConfigError("S3FERRY_QUEUE_URL and S3FERRY_DLQ_URL must be set")
     w = settings.worker
@@ -79,6 +84,8 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
             loop.add_signal_handler(sig, consumer.stop)
         if consumer_ready is not None:
             consumer_ready.set_result(consumer)
+        if on_started is not None:
+            on_started()
         try:
             log.info("worker_started", queue_endpoint=settings.queue_endpoint,
                      max_jobs=w.max_jobs, max_parts=w.max_parts, part_size=w.part_size,
@@ -128,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = WorkerMetrics()
     start_process(settings, metrics.registry, serve=not args.no_metrics)
     try:
-        summary = asyncio.run(run_worker(settings, metrics=metrics))
+        summary = asyncio.run(run_worker(settings, metrics=metrics, on_started=heap.freeze))
     except ConfigError as exc:
         print(f"s3ferry worker: {exc}", file=sys.stderr)
         return 2

@@ -150,3 +150,6 @@ async def test_backfills_requested_from_a_running_service(
     assert events.count("intake_backfill_accepted") == 4
     assert events.count("intake_refused") == 3
     assert events[-1] == "serve_stopped"
+    # the start-up heap was frozen once, before the port was announced (common.heap)
+    assert events.count("heap_frozen") == 1
+    assert events.index("heap_frozen") < events.index("serve_started")

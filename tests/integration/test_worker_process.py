@@ -123,6 +123,10 @@ async def test_sigterm_drains_exits_0_and_loses_nothing(
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
     assert "shutdown_requested" in events and "worker_stopped" in events
+    # the start-up heap was frozen once, before the first receive (common.heap)
+    frozen = [line["objects"] for line in lines if line["event"] == "heap_frozen"]
+    assert len(frozen) == 1 and frozen[0] > 10_000
+    assert events.index("heap_frozen") < events.index("worker_started")
     secret = bed.servers["rclone"].secret_key
     text = log.read_text()
     for forbidden in (secret, "Authorization", "X-Amz-Signature", "X-Amz-Credential"):
