@@ -463,7 +463,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny workloads, one repetition")
     parser.add_argument("--reps", type=int,
-                        help="repetitions of every workload (default 3, W4a 9, W4b 5; smoke 1)")
+                        help="repetitions of every workload "
+                             "(default 3; W4a 9, W4b and W3 5; smoke 1)")
     parser.add_argument("--only", help="comma-separated workload ids: W1,W2,W3,W4a,W4b,W5,W6")
     parser.add_argument("--profile", metavar="IDS",
                         help="workloads whose s3ferry worker is profiled with py-spy in one "

@@ -131,8 +131,8 @@ S3FERRY_COLD = Variant(label="s3ferry cold", tool="s3ferry", start="cold")
 
 
 def _cross(wid: str, title: str, objects: ObjectSet, rclone: tuple[str, ...],
-           sample: int) -> Workload:
-    return Workload(id=wid, title=title, objects=objects, destination=CROSS,
+           sample: int, reps: int = 0) -> Workload:
+    return Workload(id=wid, title=title, objects=objects, destination=CROSS, reps=reps,
                     variants=(S3FERRY, S3FERRY_COLD,
                               Variant(label="rclone", tool="rclone", flags=rclone)),
                     baseline="rclone", verify_sample=sample)
@@ -171,7 +171,7 @@ def full_plan(reps: int = 3) -> Plan:
         workloads=(
             _cross("W1", "large: 16 x 64 MiB, cross-endpoint", large, RCLONE_LARGE, 4),
             _cross("W2", "small: 5,000 x 16 KiB, cross-endpoint", small, RCLONE_SMALL, 200),
-            _cross("W3", "giant: 1 x 2 GiB, cross-endpoint", giant, RCLONE_GIANT, 1),
+            _cross("W3", "giant: 1 x 2 GiB, cross-endpoint", giant, RCLONE_GIANT, 1, reps=5),
             _same("W4a", "same endpoint: W1 set, server-side", large, RCLONE_LARGE, 4, reps=9),
             _same("W4b", "same endpoint: W2 set, server-side", small, RCLONE_SMALL, 200,
                   reps=5),

@@ -35,11 +35,12 @@ def test_the_expected_job_count_comes_from_the_backfill_summary() -> None:
 
 
 def test_short_workloads_get_more_repetitions_unless_a_count_is_asked() -> None:
-    """W4a and W4b (runs of seconds) repeat more than the plan's default; --reps N means N
-    for every workload."""
+    """W4a and W4b (runs of seconds) and W3 (one object: one slow run decides a median of
+    3) repeat more than the plan's default; --reps N means N for every workload."""
     plan = build_plan(parse_args([]))
     reps = {w.id: plan.reps_of(w) for w in plan.workloads}
     assert reps["W4a"] > reps["W1"] == plan.reps == 3 and reps["W4b"] > plan.reps
+    assert reps["W3"] > plan.reps
     assert plan.rounds == max(reps.values())
     asked = build_plan(parse_args(["--reps", "2"]))
     assert {asked.reps_of(w) for w in asked.workloads} == {2} and asked.rounds == 2
