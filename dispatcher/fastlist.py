@@ -13,14 +13,17 @@ and values (``LastModified`` an aware ``datetime``, the same instant; its ``tzin
 keys are decoded there).
 
 Anything this parser does not know, it leaves to botocore for the whole page: an answer
-that is not 200, an entry with a member other than those below (``Owner``,
-``RestoreStatus``, ...), a timestamp in another format, or XML it cannot read.
+that is not 200, an entry with a member of botocore's ``Object`` shape other than those
+below (``Owner``, ``RestoreStatus``), a timestamp in another format, or XML it cannot read.
+An element outside that shape (Alibaba OSS's ``<Type>``, for one) is skipped, as botocore
+skips it.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from xml.etree import ElementTree
 
@@ -41,7 +44,7 @@ def install(client: Any) -> None:
 
 
 def before_parse(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],
-                 **_: Any) -> None:
+                 operation_model: Any = None, **_: Any) -> None:
     """botocore's hook: take the entries out of the page, parsed, if this module can."""
     body = response_dict.get("body")
     if response_dict.get("status_code") != 200 or not isinstance(body, bytes):
@@ -49,7 +52,7 @@ def before_parse(response_dict: dict[str, Any], customized_response_dict: dict[s
     if b"<Contents>" not in body:
         return
     try:
-        contents = parse_contents(body)
+        contents = parse_contents(body, _modelled(operation_model))
     except (_Unknown, ElementTree.ParseError, ValueError):
         return
     rest, cut = _CONTENTS.subn(b"", body)
@@ -59,10 +62,24 @@ def before_parse(response_dict: dict[str, Any], customized_response_dict: dict[s
     customized_response_dict["Contents"] = contents
 
 
-def parse_contents(body: bytes) -> list[dict[str, Any]]:
+def _modelled(operation_model: Any) -> frozenset[str] | None:
+    """The members of an entry in botocore's model (None: treat every element as one)."""
+    if operation_model is None:
+        return None
+    return _members(operation_model.output_shape.members["Contents"].member)
+
+
+@lru_cache(maxsize=8)
+def _members(shape: Any) -> frozenset[str]:
+    return frozenset(m.serialization.get("name", name) for name, m in shape.members.items())
+
+
+def parse_contents(body: bytes, modelled: frozenset[str] | None = None) -> list[dict[str, Any]]:
     """The ``<Contents>`` entries of a ListObjectsV2 page, as botocore returns them.
 
-    Raises :class:`_Unknown` for a member this parser does not handle."""
+    ``modelled``: the element names botocore reads in an entry; others are skipped as it
+    skips them. Raises :class:`_Unknown` for a modelled member this parser does not handle.
+    """
     root = ElementTree.fromstring(body)
     out: list[dict[str, Any]] = []
     for element in root:
@@ -80,7 +97,7 @@ def parse_contents(body: bytes) -> list[dict[str, Any]]:
                 entry[name] = timestamp(text)
             elif name == "ChecksumAlgorithm":  # a flattened list: the element repeats
                 entry.setdefault(name, []).append(text)
-            else:
+            elif modelled is None or name in modelled:
                 raise _Unknown(name)
         out.append(entry)
     return out

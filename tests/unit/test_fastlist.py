@@ -14,8 +14,9 @@ from botocore.parsers import create_parser
 from dispatcher import fastlist
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
-SHAPE = botocore.session.get_session().get_service_model("s3").operation_model(
-    "ListObjectsV2").output_shape
+OPERATION = botocore.session.get_session().get_service_model("s3").operation_model(
+    "ListObjectsV2")
+SHAPE = OPERATION.output_shape
 
 
 def entry(key: str, *, size: int = 5, modified: str = "2026-11-22T10:00:00.000Z",
@@ -45,7 +46,8 @@ def hooked_parse(body: bytes, status: int = 200) -> tuple[dict[str, Any], bool]:
     the fast path took the entries."""
     response = {"status_code": status, "headers": {}, "body": body}
     custom: dict[str, Any] = {}
-    fastlist.before_parse(response_dict=response, customized_response_dict=custom)
+    fastlist.before_parse(response_dict=response, customized_response_dict=custom,
+                          operation_model=OPERATION)
     parsed: dict[str, Any] = create_parser("rest-xml").parse(response, SHAPE)
     parsed.update(custom)
     return parsed, "Contents" in custom
@@ -95,6 +97,19 @@ def test_a_page_without_a_namespace_or_without_entries_reads_the_same() -> None:
     assert "Contents" not in got
 
 
+def test_elements_botocore_does_not_model_are_skipped_as_botocore_skips_them() -> None:
+    """S3-compatible stores add their own (Alibaba OSS: <Type>); botocore ignores them."""
+    body = page(entry("a", extra="<Type>Normal</Type>"), entry("b", extra="<Tier>hot</Tier>"))
+    got, fast = hooked_parse(body)
+    assert fast and without_metadata(got) == without_metadata(botocore_parse(body))
+    assert "Type" not in got["Contents"][0]
+    # without the model to tell, an unknown element sends the page to botocore
+    response = {"status_code": 200, "headers": {}, "body": body}
+    custom: dict[str, Any] = {}
+    fastlist.before_parse(response_dict=response, customized_response_dict=custom)
+    assert custom == {}
+
+
 @pytest.mark.parametrize("body,status", [
     (page(entry("a", extra="<Owner><ID>x</ID><DisplayName>y</DisplayName></Owner>")), 200),
     (page(entry("a", extra="<RestoreStatus><IsRestoreInProgress>true</IsRestoreInProgress>"
@@ -108,7 +123,8 @@ def test_what_the_fast_path_does_not_know_is_left_to_botocore_whole(body: bytes,
                                                                     status: int) -> None:
     response = {"status_code": status, "headers": {}, "body": body}
     custom: dict[str, Any] = {}
-    fastlist.before_parse(response_dict=response, customized_response_dict=custom)
+    fastlist.before_parse(response_dict=response, customized_response_dict=custom,
+                          operation_model=OPERATION)
     assert custom == {} and response["body"] is body
 
 
