@@ -14,10 +14,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+from common import heap
 from common.clients import ClientPool
 from common.errors import ConfigError, FerryError
 from common.logs import configure_logging, get_logger
@@ -54,15 +55,26 @@ def load_cli_settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 # -- backfill ------------------------------------------------------------------------------
 
+async def open_clients(clients: ClientPool, settings: Settings) -> None:
+    """Open every client a backfill will need now, not on the first request."""
+    for name in settings.route_endpoints():
+        await clients.get(name)
+    if settings.queue_url:
+        await clients.get(settings.queue_endpoint, "sqs")
+
+
 async def run_backfill(settings: Settings, routes: list[Route], options: BackfillOptions, *,
                        dry_run: bool = False, metrics: DispatcherMetrics | None = None,
                        progress_seconds: float = 5.0, tty: bool = False,
                        sample: int = 10, clients: ClientPool | None = None,
-                       progress: Progress | None = None) -> dict[str, Any]:
+                       progress: Progress | None = None,
+                       on_started: Callable[[], object] | None = None) -> dict[str, Any]:
     """Run a backfill; return the summary printed by the CLI.
 
     ``clients``: an open pool to use (``s3ferry serve`` keeps one for all its backfills);
-    without it one is opened and closed here.
+    without it one is opened here, every client of the routes at once, and closed at the
+    end. ``on_started`` runs once the clients are open, before the first listing (the
+    command line freezes the start-up heap there: :mod:`common.heap`).
     """
     metrics = metrics or DispatcherMetrics()
     if not dry_run and not settings.queue_url:
@@ -73,6 +85,9 @@ async def run_backfill(settings: Settings, routes: list[Route], options: Backfil
         if clients is None:
             clients = await stack.enter_async_context(
                 ClientPool(settings.endpoints, pool=options.head_concurrency + 8))
+            await open_clients(clients, settings)
+        if on_started is not None:
+            on_started()
         sink: DryRun | JobSender
         if dry_run:
             sink = DryRun(sample_size=sample)
@@ -121,7 +136,8 @@ def backfill_local(args: argparse.Namespace) -> int:
     try:
         summary = asyncio.run(run_backfill(
             settings, routes, options, dry_run=args.dry_run, sample=args.sample,
-            progress_seconds=args.progress_seconds, tty=sys.stderr.isatty()))
+            progress_seconds=args.progress_seconds, tty=sys.stderr.isatty(),
+            on_started=heap.freeze))
     except ConfigError as exc:
         print(f"s3ferry backfill: {exc}", file=sys.stderr)
         return 2

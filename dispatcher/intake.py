@@ -47,7 +47,7 @@ from common.metrics import DispatcherMetrics, start_process
 from common.settings import Settings
 from dispatcher.args import common_options
 from dispatcher.backfill import BackfillOptions, Progress
-from dispatcher.cli import load_cli_settings, run_backfill, select_routes
+from dispatcher.cli import load_cli_settings, open_clients, run_backfill, select_routes
 from dispatcher.diff import Mode, OrderError
 
 log = get_logger(__name__)
@@ -240,14 +240,6 @@ def intake_token(settings: Settings) -> str:
                           "characters in S3FERRY_DISPATCHER__INTAKE_TOKEN (or "
                           "[dispatcher] intake_token)")
     return token
-
-
-async def open_clients(clients: ClientPool, settings: Settings) -> None:
-    """Open every client a backfill will need now, not on the first request."""
-    for name in settings.route_endpoints():
-        await clients.get(name)
-    if settings.queue_url:
-        await clients.get(settings.queue_endpoint, "sqs")
 
 
 async def serve(settings: Settings, *, metrics: DispatcherMetrics | None = None,

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,7 @@ from dispatcher.diff import Mode
 from tests.integration.harness import RCLONE_DROPS, assert_same_object, run_until_idle
 
 pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[2]
 
 AWKWARD = ["space name.txt", "plus+sign.txt", "percent%20.txt", "unicode/\u4e2d\u6587.txt",
            "emoji/\U0001f600.bin", "deep/a/b/c/d.txt", "tilde~and=equals&amp.txt"]
@@ -222,3 +226,29 @@ destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
     assert summary.results == {"copied": jobs}
     for key in objects | large:
         assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+
+
+def test_the_backfill_command_plans_awkward_keys_and_freezes_its_start_up_heap_once(
+        config_path: Path, tmp_path: Path, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any]) -> None:
+    """``s3ferry backfill`` as a user runs it: every key under the prefix is planned, and
+    its clients are open and its start-up heap frozen (common.heap) before the listing."""
+    src, china, rclone = make_bucket("global"), make_bucket("china"), make_bucket("rclone")
+    objects = {f"data/{k}": k.encode() for k in AWKWARD} | {"data/" + "k" * 1019: b"long"}
+    put_many(s3_clients["global"], src, objects | {"other/outside.txt": b"x"})
+    config = with_routes(config_path, tmp_path, fanout_toml(src, china, rclone))
+    env = dict(os.environ, S3FERRY_LOG_FORMAT="json")
+    done = subprocess.run([sys.executable, "-m", "s3ferry", "backfill", "--config", str(config),
+                           "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # the 1,024-byte key is 1,031 bytes under china's "mirror/" prefix: refused, counted
+    assert summary["would_enqueue"]["jobs"] == {"copy": 2 * len(objects) - 1}
+    assert summary["unmappable"] == 1
+    assert summary["listed"]["source"] == 2 * len(objects)  # once per destination
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert names.count("heap_frozen") == 1
+    assert next(e["objects"] for e in events if e["event"] == "heap_frozen") > 10_000
+    assert names.index("heap_frozen") < names.index("backfill_destination_started")
