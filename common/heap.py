@@ -1,7 +1,8 @@
 """A long-running process's start-up heap, kept out of the garbage collector's way.
 
-Once a worker or ``s3ferry serve`` has started (modules imported, botocore's service models
-loaded, clients open), ~120,000 tracked objects are alive for the life of the process.
+Once a worker, ``s3ferry serve`` or a local ``s3ferry backfill`` has started (modules
+imported, botocore's service models loaded, clients open), ~120,000 tracked objects are
+alive for the life of the process.
 CPython's full collections walk all of them again and again: in a 5,000-object backfill the
 worker made 4 full collections at ~60 ms each and the service 3 (measured 2026-11-22), CPU
 taken from the copies on the same cores. :func:`freeze` moves what is alive at that moment
