@@ -4,13 +4,13 @@ botocore parses a page of 1,000 keys in ~45 ms of CPU (its rest-xml parser walks
 service model for every element); the backfill lists millions of keys, and on a small
 machine that CPU is taken from the copies running beside it. This module hooks the client's
 ``before-parse.s3.ListObjectsV2`` event: it reads the page's ``<Contents>`` entries with
-ElementTree (~3 ms for 1,000), hands them to botocore as already parsed, and leaves botocore
-the rest of the page (truncation, continuation token, common prefixes, errors) with the
-entries cut out. The answer is the same dict botocore would give: the same members, types
-and values (``LastModified`` an aware ``datetime``, the same instant; its ``tzinfo`` is
-``datetime.UTC``, where botocore's is ``tzutc()`` or, on a machine whose zone is UTC,
-``tzlocal()``), and botocore's own ``after-call`` handlers still run (``EncodingType=url``
-keys are decoded there).
+ElementTree (~6 ms for 1,000 of LocalStack's), hands them to botocore as already parsed,
+and leaves botocore the rest of the page (truncation, continuation token, common prefixes,
+errors) with the entries cut out. The answer is the same dict botocore would give: the
+same members, types and values (``LastModified`` an aware ``datetime``, the same instant;
+its ``tzinfo`` is ``datetime.UTC``, where botocore's is ``tzutc()`` or, on a machine whose
+zone is UTC, ``tzlocal()``), and botocore's own ``after-call`` handlers still run
+(``EncodingType=url`` keys are decoded there).
 
 Anything this parser does not know, it leaves to botocore for the whole page: an answer
 that is not 200, an entry with a member of botocore's ``Object`` shape other than those
