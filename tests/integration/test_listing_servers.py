@@ -4,7 +4,6 @@ the entries are what botocore's own parsing gives, and the fast path is the one 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,13 @@ from common.clients import ClientPool
 from common.settings import load_settings
 from dispatcher import fastlist
 from dispatcher.listing import list_entries
+from tests.integration.test_dispatcher_backfill import put_many
 
 pytestmark = pytest.mark.timeout(180)
 
 KEYS = ["data/plain.txt", "data/with space/and+plus", "data/100%/é/日本語",
         "data/a&b<c>\"q'.txt", "data/tilde~star*(paren)", "data/q?x=1&y=#frag",
         "data/" + ("k" * 200 + "/") * 4 + "end", "data/", "data/zero", "outside.txt"]
-
-
-def put_all(client: Any, bucket: str, keys: list[str]) -> None:
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=k.encode()[:7]),
-                      keys))
 
 
 def botocore_entries(client: Any, bucket: str, prefix: str,
@@ -45,7 +39,7 @@ async def test_listed_entries_equal_botocore_s_and_came_the_fast_way(
     bucket = make_bucket(server)
     # rclone's local backend cannot hold a "directory" marker with bytes
     keys = KEYS if server == "global" else [k for k in KEYS if k != "data/"]
-    put_all(s3_clients[server], bucket, keys)
+    put_many(s3_clients[server], bucket, {k: k.encode()[:7] for k in keys}, threads=8)
     fast_pages: list[int] = []
     real = fastlist.parse_contents
 
