@@ -26,7 +26,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
@@ -127,6 +135,13 @@ class WorkerSettings(BaseModel):
     multipart_threshold: int = Field(default=16 * MIB, ge=5 * MIB)
     server_copy_threshold: int = Field(default=1024 * MIB, ge=5 * MIB)
     server_part_size: int = Field(default=256 * MIB, ge=5 * MIB)
+    # Bytes of server-side copies (CopyObject objects, UploadPartCopy parts) this worker has
+    # the store copy at once; 0 = no bound. AWS copies on its own fleet, so leave it there;
+    # a MinIO, Ceph or LocalStack node reads, hashes and writes every copied byte with its own
+    # CPU and disks, and more copies at once than it has cores make each one slower
+    # (bench/README: "Server-side copy budget"). An object larger than the budget is copied
+    # alone. Counted in MiB: at least 1 MiB when set.
+    server_copy_budget: int = Field(default=0, ge=0)
     visibility_timeout: int = Field(default=60, ge=10, le=43_200)
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
     max_attempts: int = Field(default=5, ge=1, le=100)
@@ -136,6 +151,14 @@ class WorkerSettings(BaseModel):
     retry_attempts: int = Field(default=5, ge=1)
     retry_max_seconds: float = Field(default=30.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
+
+    @field_validator("server_copy_budget")
+    @classmethod
+    def _whole_mebibytes(cls, value: int) -> int:
+        if 0 < value < MIB:
+            raise ValueError(f"server_copy_budget is 0 (no bound) or at least {MIB} bytes "
+                             "(1 MiB)")
+        return value
 
 
 class DispatcherSettings(BaseModel):

@@ -27,6 +27,7 @@ locals {
     S3FERRY_WORKER__MAX_JOBS           = tostring(var.worker_max_jobs)
     S3FERRY_WORKER__MAX_PARTS          = tostring(var.worker_max_parts)
     S3FERRY_WORKER__PART_SIZE          = tostring(var.worker_part_size)
+    S3FERRY_WORKER__SERVER_COPY_BUDGET = tostring(var.worker_server_copy_budget)
     S3FERRY_WORKER__VISIBILITY_TIMEOUT = tostring(var.visibility_timeout_seconds)
     S3FERRY_WORKER__DRAIN_SECONDS      = tostring(var.drain_seconds)
   })

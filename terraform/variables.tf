@@ -247,6 +247,17 @@ variable "worker_part_size" {
   }
 }
 
+variable "worker_server_copy_budget" {
+  description = "S3FERRY_WORKER__SERVER_COPY_BUDGET in bytes: server-side copies one task has the store make at once (0: no bound, right for AWS S3)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.worker_server_copy_budget == 0 || var.worker_server_copy_budget >= 1048576
+    error_message = "worker_server_copy_budget is 0 (no bound) or at least 1 MiB."
+  }
+}
+
 variable "drain_seconds" {
   description = "S3FERRY_WORKER__DRAIN_SECONDS: on SIGTERM the worker finishes or releases in-flight messages within this, then exits 0. Must be below stop_timeout."
   type        = number

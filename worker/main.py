@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from common import heap
 from common.clients import ClientPool
 from common.errors import ConfigError
+from common.limits import MIB
 from common.logs import get_logger, scrub_text
 from common.metrics import WorkerMetrics, start_process
 from common.retry import RetryPolicy
-from common.settings import Settings, load_settings
+from common.settings import Settings, WorkerSettings, load_settings
 from worker.budget import ByteBudget
 from worker.consumer import Consumer, Summary
 from worker.planner import Limits
@@ -32,6 +33,13 @@ def limits_from(settings: Settings, budget: ByteBudget) -> Limits:
                   multipart_threshold=w.multipart_threshold,
                   server_copy_threshold=w.server_copy_threshold,
                   server_part_size=w.server_part_size)
+
+
+def copy_budget_from(w: WorkerSettings) -> ByteBudget | None:
+    """The bytes the store may copy server-side for this worker at once, in MiB units."""
+    if not w.server_copy_budget:
+        return None
+    return ByteBudget(units=w.server_copy_budget // MIB, unit_bytes=MIB)
 
 
 def copy_endpoints(settings: Settings) -> list[str]:
@@ -73,8 +81,9 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
         sqs = await clients.get(settings.queue_endpoint, "sqs")
         await warm_up(s3, copy_endpoints(settings))
         budget = ByteBudget(units=w.max_parts, unit_bytes=w.part_size)
-        transfer = Transfer(budget=budget, metrics=metrics,
-                            retry=retry, request_timeout=w.request_timeout)
+        transfer = Transfer(budget=budget, metrics=metrics, retry=retry,
+                            request_timeout=w.request_timeout,
+                            copy_budget=copy_budget_from(w))
         replicator = replicator_cls(clients=s3, transfer=transfer,
                                 limits=limits_from(settings, budget), metrics=metrics, retry=retry)
         consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,
@@ -89,6 +98,7 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
         try:
             log.info("worker_started", queue_endpoint=settings.queue_endpoint,
                      max_jobs=w.max_jobs, max_parts=w.max_parts, part_size=w.part_size,
+                     server_copy_budget=w.server_copy_budget,
                      receivers=consumer.receivers)
             summary = await consumer.run()
         finally:

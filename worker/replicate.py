@@ -170,7 +170,8 @@ class Replicator:
         copy_source = source.copy_source()
         assert copy_source is not None and job.source.etag is not None
         args = direct_copy_args(job, dest.endpoint, with_tags=with_tags)
-        answer = await self._transfer.copy_object(copy_source, job.source.etag, dest, args)
+        answer = await self._transfer.copy_object(copy_source, job.source.etag, dest, args,
+                                                  size=job.source.size or 0)
         etag = str((answer.get("CopyObjectResult") or {}).get("ETag", "")).strip('"')
         if etag != job.source.etag.strip('"'):
             head = await self._head_destination(dest.client, dest.bucket, dest.key)

@@ -9,6 +9,9 @@ Four strategies (chosen by :mod:`worker.planner`):
 * ``server_copy``       CopyObject with CopySourceIfMatch (same endpoint, <= 5 GiB);
 * ``server_multipart``  UploadPartCopy in parallel with CopySourceIfMatch.
 
+Server-side copies also take room in the optional copy budget (``server_copy_budget``): the
+bytes the store is copying for this worker at once.
+
 Every read is pinned to the ETag seen by HEAD, so a source overwritten mid-copy fails with
 SourceChanged and never yields a mixed object.
 """
@@ -20,7 +23,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -143,11 +146,14 @@ async def gather_parts(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 class Transfer:
-    """Runs plans. One per worker: ``budget`` (buffered bytes) is shared by every job."""
+    """Runs plans. One per worker: ``budget`` (buffered bytes) and ``copy_budget`` (bytes
+    the store copies server-side; None: no bound) are shared by every job."""
 
     def __init__(self, *, budget: ByteBudget, metrics: WorkerMetrics,
-                 retry: RetryPolicy, request_timeout: float = 300.0) -> None:
+                 retry: RetryPolicy, request_timeout: float = 300.0,
+                 copy_budget: ByteBudget | None = None) -> None:
         self._budget = budget
+        self._copy_budget = copy_budget
         self._timeout = request_timeout
         self._metrics = metrics
         self._retry_policy = retry
@@ -319,7 +325,7 @@ class Transfer:
         kwargs = dict(args, MetadataDirective="REPLACE", TaggingDirective="REPLACE")
         if dest.checksums:
             kwargs["ChecksumAlgorithm"] = algorithm
-        response = await self.copy_object(copy_source, src.etag, dest, kwargs)
+        response = await self.copy_object(copy_source, src.etag, dest, kwargs, size=src.size)
         result = response.get("CopyObjectResult", {})
         expected = src.checksum.value if (
             src.checksum is not None and src.checksum.comparable()) else None
@@ -328,20 +334,30 @@ class Transfer:
                        source_checked=expected is not None, response=response,
                        fallback="server_pinned")
 
+    def _store_copying(self, nbytes: int) -> AbstractAsyncContextManager[None]:
+        """Room for the store to copy ``nbytes`` for us, held while the block runs."""
+        if self._copy_budget is None:
+            return nullcontext()
+        return self._copy_budget.take(nbytes)
+
     async def copy_object(self, copy_source: dict[str, str], etag: str, dest: Destination,
-                          args: dict[str, Any]) -> dict[str, Any]:
-        """One CopyObject pinned to ``etag`` (the store refuses it if the source changed)."""
-        started = time.monotonic()
-        response: dict[str, Any] = await self.call("CopyObject", "source", partial(
-            dest.client.copy_object, Bucket=dest.bucket, Key=dest.key,
-            CopySource=copy_source, CopySourceIfMatch=etag, **args))
-        self._metrics.part_duration.labels("copy_object").observe(time.monotonic() - started)
+                          args: dict[str, Any], *, size: int) -> dict[str, Any]:
+        """One CopyObject of ``size`` bytes pinned to ``etag`` (the store refuses it if the
+        source changed)."""
+        async with self._store_copying(size):
+            started = time.monotonic()
+            response: dict[str, Any] = await self.call("CopyObject", "source", partial(
+                dest.client.copy_object, Bucket=dest.bucket, Key=dest.key,
+                CopySource=copy_source, CopySourceIfMatch=etag, **args))
+            self._metrics.part_duration.labels("copy_object").observe(
+                time.monotonic() - started)
         return response
 
     async def _copy_part(self, up: MultipartUpload, copy_source: dict[str, str],
                          src: SourceObject, dest: Destination, part: Part,
                          algorithm: str | None) -> UploadedPart:
-        async with self._budget.take(0):  # no bytes here: one unit bounds the concurrency
+        # no bytes buffered here: one unit of the buffer budget bounds the concurrency
+        async with self._store_copying(part.length), self._budget.take(0):
             started = time.monotonic()
             response = await self.call("UploadPartCopy", "source", partial(
                 dest.client.upload_part_copy, Bucket=dest.bucket, Key=dest.key,

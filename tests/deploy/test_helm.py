@@ -84,14 +84,17 @@ def test_worker_env_follows_the_settings_contract() -> None:
     for name in ("S3FERRY_CONFIG", "S3FERRY_QUEUE_URL", "S3FERRY_DLQ_URL", "S3FERRY_QUEUE_ENDPOINT",
                  "S3FERRY_METRICS_PORT", "S3FERRY_LOG_FORMAT", "S3FERRY_WORKER__MAX_JOBS",
                  "S3FERRY_WORKER__MAX_PARTS", "S3FERRY_WORKER__PART_SIZE",
+                 "S3FERRY_WORKER__SERVER_COPY_BUDGET",
                  "S3FERRY_WORKER__VISIBILITY_TIMEOUT", "S3FERRY_WORKER__DRAIN_SECONDS"):
         assert f"- name: {name}\n" in helpers, name
     # helm reads numbers as float64: a large one needs int64 or it renders as 8.388608e+06.
     assert "{{ .Values.worker.partSize | int64 | quote }}" in helpers
+    assert "{{ .Values.worker.serverCopyBudget | int64 | quote }}" in helpers
     values = _values()
     assert values["worker"]["maxJobs"] == 8
     assert values["worker"]["maxParts"] == 16
     assert values["worker"]["partSize"] == 8 * MIB
+    assert values["worker"]["serverCopyBudget"] == 0  # AWS copies on its own fleet
     assert values["worker"]["visibilityTimeout"] == 60
     assert values["logFormat"] == "json"
 

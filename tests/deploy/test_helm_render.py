@@ -116,6 +116,7 @@ def test_workers_drain_within_the_grace_period(render: Render) -> None:
     assert pod["terminationGracePeriodSeconds"] > drain
     assert env["S3FERRY_WORKER__PART_SIZE"]["value"] == "8388608"
     assert env["S3FERRY_WORKER__MAX_JOBS"]["value"] == "8"
+    assert env["S3FERRY_WORKER__SERVER_COPY_BUDGET"]["value"] == "0"
     assert pod["containers"][0]["args"] == ["worker"]
     assert "replicas" not in worker["spec"], "KEDA owns the replica count"
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from common.settings import WorkerSettings
+
 from ._support import FIXTURES, TERRAFORM_DIR, describe, require_tool, run
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (pip install python-hcl2)")
@@ -284,3 +286,15 @@ def test_checkov_passes(var_file: str | None) -> None:
     proc = run(args, timeout=170)
     assert proc.returncode == 0, describe(proc)
     assert re.search(r"Passed checks: [1-9]\d*, Failed checks: 0", proc.stdout), describe(proc)
+
+
+def test_task_worker_settings_exist_and_default_as_the_worker_does(tf: dict[str, Any]) -> None:
+    """Each S3FERRY_WORKER__* the task sets names a worker setting, and its variable's default
+    is the worker's own default (a new setting left at 0 stays off, e.g. the copy budget)."""
+    ecs = (TERRAFORM_DIR / "ecs.tf").read_text()
+    pairs = re.findall(r"S3FERRY_WORKER__([A-Z_]+)\s*=\s*tostring\(var\.(\w+)\)", ecs)
+    assert ("SERVER_COPY_BUDGET", "worker_server_copy_budget") in pairs
+    defaults = WorkerSettings()
+    for setting, variable in pairs:
+        assert setting.lower() in WorkerSettings.model_fields, setting
+        assert _variable_default(tf, variable) == getattr(defaults, setting.lower()), variable

@@ -173,9 +173,11 @@ async def test_third_party_store_as_destination_and_source(
                            drops=RCLONE_DROPS)
 
 
+@pytest.mark.parametrize("budget", [0, 5 * MIB])
 async def test_same_endpoint_copies_server_side(
-        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        budget: int, config_path: Path, queues: Any, make_bucket: Callable[[str], str],
         s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """With a copy budget (5 MiB: one part, or the 2 MiB object, at a time) as without."""
     src, dst = make_bucket("global"), make_bucket("global")
     seed(s3_clients["global"], src, "one.bin", 2 * MIB)
     seed(s3_clients["global"], src, "parts.bin", 12 * MIB + 1)
@@ -183,7 +185,7 @@ async def test_same_endpoint_copies_server_side(
                               for k in ("one.bin", "parts.bin")])
 
     summary = await run_until_idle(config_path, queues, server_copy_threshold=5 * MIB,
-                                   server_part_size=5 * MIB)
+                                   server_part_size=5 * MIB, server_copy_budget=budget)
 
     assert dead_letters(sqs_global, queues) == {}
     assert summary.strategies == {"server_copy": 1, "server_multipart": 1}
@@ -212,7 +214,8 @@ async def test_listed_copy_within_one_store_is_one_copy_object(
     send(sqs_global, queues, jobs)
     metrics = WorkerMetrics()
 
-    summary = await run_until_idle(config_path, queues, metrics=metrics)
+    summary = await run_until_idle(config_path, queues, metrics=metrics,
+                                   server_copy_budget=MIB)  # smaller than parts.bin
 
     assert dead_letters(sqs_global, queues) == {}
     assert summary.results == {"copied": 4}

@@ -123,6 +123,8 @@ terminationGracePeriodSeconds: the worker finishes or releases its messages, the
   value: {{ .Values.worker.maxParts | quote }}
 - name: S3FERRY_WORKER__PART_SIZE
   value: {{ .Values.worker.partSize | int64 | quote }}
+- name: S3FERRY_WORKER__SERVER_COPY_BUDGET
+  value: {{ .Values.worker.serverCopyBudget | int64 | quote }}
 - name: S3FERRY_WORKER__VISIBILITY_TIMEOUT
   value: {{ .Values.worker.visibilityTimeout | quote }}
 - name: S3FERRY_WORKER__DRAIN_SECONDS
