@@ -1,13 +1,16 @@
 """The console script: subcommands, help, and configuration errors that name the bad field."""
 
+import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from common.errors import ConfigError
-from common.settings import load_settings
+from common.settings import WorkerSettings, load_settings
 from s3ferry.cli import main
 
 
@@ -34,6 +37,7 @@ def test_python_dash_m_worker_help() -> None:
     ('[endpoints.a]\ncredentials = { kind = "static", access_key_id = "k" }\n',
      "endpoints.a.credentials.static.secret_access_key"),
     ('[worker]\npart_size = 1024\n', "worker.part_size"),
+    ('[worker]\nserver_copy_budget = 4096\n', "worker.server_copy_budget"),
     ('[dispatcher]\njobs_per_message = 0\n', "dispatcher.jobs_per_message"),
     ('[dispatcher]\nbundle_size = 10\n', "dispatcher.bundle_size"),
     ("[endpoints.a\n", "not valid TOML"),
@@ -94,3 +98,20 @@ def test_dispatcher_settings_come_from_the_file_and_the_environment_key_by_key(
 
     assert settings.dispatcher.jobs_per_message == 20  # from the file
     assert settings.dispatcher.bundle_object_bytes == 65536  # the environment wins
+
+
+def test_the_readme_configuration_loads_and_shows_the_worker_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (example,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    path = tmp_path / "readme.toml"
+    path.write_text(example)
+    for name in [n for n in os.environ if n.startswith("S3FERRY_")]:
+        monkeypatch.delenv(name)
+
+    settings = load_settings(path)
+
+    shown = tomllib.loads(example)["worker"]
+    assert "server_copy_budget" in shown
+    assert {k: getattr(settings.worker, k) for k in shown} == {
+        k: getattr(WorkerSettings(), k) for k in shown}
