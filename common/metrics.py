@@ -41,6 +41,10 @@ class WorkerMetrics:
             ["operation"], buckets=_PART_BUCKETS, registry=r)
         self.jobs_in_flight = Gauge(
             "s3ferry_jobs_in_flight", "Jobs being worked on now.", registry=r)
+        self.server_copy_bytes = Gauge(
+            "s3ferry_server_copy_bytes", "Bytes the store is copying server-side for this "
+            "worker now (CopyObject objects, UploadPartCopy parts); at most "
+            "server_copy_budget when one is set.", registry=r)
         self.retries = Counter(
             "s3ferry_retries_total", "In-process retries, by reason.", ["reason"], registry=r)
         self.s3_requests = Counter(

@@ -22,8 +22,8 @@ import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -334,11 +334,17 @@ class Transfer:
                        source_checked=expected is not None, response=response,
                        fallback="server_pinned")
 
-    def _store_copying(self, nbytes: int) -> AbstractAsyncContextManager[None]:
-        """Room for the store to copy ``nbytes`` for us, held while the block runs."""
-        if self._copy_budget is None:
-            return nullcontext()
-        return self._copy_budget.take(nbytes)
+    @asynccontextmanager
+    async def _store_copying(self, nbytes: int) -> AsyncIterator[None]:
+        """Room for the store to copy ``nbytes`` for us, held (and shown in the
+        ``server_copy_bytes`` gauge) while the block runs."""
+        async with nullcontext() if self._copy_budget is None else self._copy_budget.take(
+                nbytes):
+            self._metrics.server_copy_bytes.inc(nbytes)
+            try:
+                yield
+            finally:
+                self._metrics.server_copy_bytes.dec(nbytes)
 
     async def copy_object(self, copy_source: dict[str, str], etag: str, dest: Destination,
                           args: dict[str, Any], *, size: int) -> dict[str, Any]:

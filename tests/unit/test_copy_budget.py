@@ -36,6 +36,8 @@ class CountingStore:
     def __init__(self, sizes: dict[str, int], seed: int) -> None:
         self.sizes = sizes
         self.copying = self.peak = 0
+        self.metrics = WorkerMetrics()
+        self.gauge_wrong: list[tuple[float, int]] = []  # (gauge, copying) when they differ
         self.copied: list[str] = []
         self.parts: list[tuple[str, int]] = []
         self._rng = random.Random(seed)
@@ -43,6 +45,9 @@ class CountingStore:
     async def _copy(self, nbytes: int) -> None:
         self.copying += nbytes
         self.peak = max(self.peak, self.copying)
+        shown = self.metrics.server_copy_bytes._value.get()
+        if shown != self.copying:
+            self.gauge_wrong.append((shown, self.copying))
         try:
             await asyncio.sleep(self._rng.random() / 500)
         finally:
@@ -81,8 +86,8 @@ class Source:
         return {"Bucket": "src", "Key": self.key}
 
 
-def transfer(copy_budget: ByteBudget | None) -> Transfer:
-    return Transfer(budget=ByteBudget(units=16, unit_bytes=8 * MIB), metrics=WorkerMetrics(),
+def transfer(store: CountingStore, copy_budget: ByteBudget | None) -> Transfer:
+    return Transfer(budget=ByteBudget(units=16, unit_bytes=8 * MIB), metrics=store.metrics,
                     retry=RetryPolicy(attempts=1, max_seconds=1), copy_budget=copy_budget)
 
 
@@ -115,18 +120,21 @@ async def test_the_store_never_copies_more_than_the_budget_at_once(seed: int) ->
     budget = copy_budget_from(WorkerSettings(server_copy_budget=256 * MIB))
     assert budget is not None
 
-    await copy_all(transfer(budget), store, part_size=32 * MIB)
+    await copy_all(transfer(store, budget), store, part_size=32 * MIB)
 
     assert sorted(store.copied) == sorted(sizes)  # every object copied, once
     assert 128 * MIB < store.peak <= 256 * MIB  # the budget is used, never exceeded
     assert budget.free == budget.units
+    # the gauge showed what the store was copying at every request, and is back at 0
+    assert store.gauge_wrong == []
+    assert store.metrics.server_copy_bytes._value.get() == 0
 
 
 async def test_an_object_larger_than_the_budget_is_copied_alone() -> None:
     store = CountingStore({"giant": 300 * MIB, "small": MIB}, seed=4)
     budget = copy_budget_from(WorkerSettings(server_copy_budget=100 * MIB))
 
-    await copy_all(transfer(budget), store, part_size=300 * MIB)  # one part of 300 MiB
+    await copy_all(transfer(store, budget), store, part_size=300 * MIB)  # one part of 300 MiB
 
     assert sorted(store.copied) == ["giant", "small"]
     assert store.peak == 300 * MIB  # nothing beside it
@@ -136,7 +144,7 @@ async def test_parts_of_one_object_share_the_budget() -> None:
     store = CountingStore({"big": 1000 * MIB}, seed=5)
     budget = copy_budget_from(WorkerSettings(server_copy_budget=200 * MIB))
 
-    await copy_all(transfer(budget), store, part_size=50 * MIB)
+    await copy_all(transfer(store, budget), store, part_size=50 * MIB)
 
     assert len(store.parts) == 20 and store.copied == ["big"]
     assert store.peak == 200 * MIB  # four 50 MiB parts at a time
@@ -147,9 +155,10 @@ async def test_without_a_budget_all_copies_run_at_once() -> None:
     store = CountingStore(sizes, seed=6)
     assert copy_budget_from(WorkerSettings()) is None
 
-    await copy_all(transfer(None), store, part_size=32 * MIB)
+    await copy_all(transfer(store, None), store, part_size=32 * MIB)
 
     assert store.peak == 16 * 40 * MIB
+    assert store.gauge_wrong == []
 
 
 @pytest.mark.parametrize("value", [1, MIB - 1])
