@@ -139,7 +139,7 @@ class WorkerSettings(BaseModel):
     # the store copy at once; 0 = no bound. AWS copies on its own fleet, so leave it there;
     # a MinIO, Ceph or LocalStack node reads, hashes and writes every copied byte with its own
     # CPU and disks, and more copies at once than it has cores make each one slower
-    # (bench/README: "Server-side copy budget"). An object larger than the budget is copied
+    # (bench/README, "W4a, server-side copy budget"). An object larger than the budget is copied
     # alone. Counted in MiB: at least 1 MiB when set.
     server_copy_budget: int = Field(default=0, ge=0)
     visibility_timeout: int = Field(default=60, ge=10, le=43_200)
