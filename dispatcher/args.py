@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing's import is 2.5 ms of a 20 ms start; annotations need it not
 if TYPE_CHECKING:
@@ -91,14 +90,3 @@ def backfill_request(args: argparse.Namespace) -> dict[str, Any]:
     return {"routes": args.routes, "compare": args.compare, "delete": args.delete,
             "dry_run": args.dry_run, "shards": args.shards, "sample": args.sample}
 
-
-def backfill_entry(argv: Sequence[str] | None = None) -> int:
-    parser = backfill_parser()
-    args = parser.parse_args(argv)
-    if args.no_wait and not args.server:
-        parser.error("--no-wait goes with --server")
-    if args.server:
-        from dispatcher.submit import submit_backfill
-        return submit_backfill(args)
-    from dispatcher.cli import backfill_local
-    return backfill_local(args)

@@ -37,8 +37,7 @@ def entry(command: str) -> Callable[[list[str]], int]:
         from worker.main import main as worker_main
         return worker_main
     if command == "backfill":
-        from dispatcher.args import backfill_entry  # light: --server starts in milliseconds
-        return backfill_entry
+        return backfill_main
     if command == "serve":
         from dispatcher.intake import serve_main
         return serve_main
@@ -50,6 +49,22 @@ def entry(command: str) -> Callable[[list[str]], int]:
         return status_main
     from s3ferry.demo import main as demo_main
     return demo_main
+
+
+def backfill_main(argv: Sequence[str]) -> int:
+    """``s3ferry backfill``: asked of a running ``s3ferry serve`` with ``--server`` (standard
+    library only: it starts in milliseconds), otherwise listed and diffed in this process."""
+    from dispatcher.args import backfill_parser
+
+    parser = backfill_parser()
+    args = parser.parse_args(argv)
+    if args.no_wait and not args.server:
+        parser.error("--no-wait goes with --server")
+    if args.server:
+        from dispatcher.submit import submit_backfill
+        return submit_backfill(args)
+    from dispatcher.cli import backfill_local
+    return backfill_local(args)
 
 
 def top_parser() -> argparse.ArgumentParser:
