@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import statistics
 import subprocess
 import threading
@@ -137,18 +138,25 @@ QUIET_CORES = 0.15
 QUIET_MAX_SECONDS = 10.0
 
 
+def _stats(proc: Path) -> Iterable[tuple[int, list[str]]]:
+    """(pid, fields after the command name) of every live process in ``/proc/<pid>/stat``:
+    state, ppid, pgrp, ... utime (11), stime (12)."""
+    for entry in proc.glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        yield int(entry.parent.name), fields
+
+
 def cpu_times_by_group(pgids: Iterable[int],
                        proc: Path = Path("/proc")) -> dict[int, tuple[float, float]]:
     """(user, system) CPU seconds of every live process (all threads) in each of these
     process groups, from one pass over ``/proc``. System time is the kernel's work for them:
     on this VM, mostly faulting in pages that the host took back (see bench/README)."""
     ticks: dict[int, list[int]] = {pgid: [0, 0] for pgid in pgids}
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        group = ticks.get(int(fields[2]))  # state, ppid, pgrp, ... utime (11), stime (12)
+    for _, fields in _stats(proc):
+        group = ticks.get(int(fields[2]))
         if group is not None:
             group[0] += int(fields[11])
             group[1] += int(fields[12])
@@ -172,3 +180,55 @@ def settle(cpu: Callable[[], float], *, sleep: Callable[[float], None] = time.sl
             return waited, True
         before = now
     return waited, False
+
+
+# -- the stored bytes in memory -----------------------------------------------------------------
+
+# This VM runs a DAMON scheme (/sys/kernel/mm/damon/admin) that pages out file pages left
+# unread for about 30 s: the emulators keep every object over 512 KiB in an (unlinked) file,
+# so the first run of a workload in each repetition read its source from the disk (a cold
+# GiB: 2.4 s of kernel time, against 0.2 s cached) and the runs right after it did not.
+WARM_CHUNK = 1 << 20
+
+
+def open_files(pgids: Iterable[int], proc: Path = Path("/proc")) -> list[Path]:
+    """The regular files that processes of these groups hold open (one path per file, as
+    ``/proc/<pid>/fd/<n>``: it opens unlinked files too)."""
+    groups = set(pgids)
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for pid, fields in _stats(proc):
+        if int(fields[2]) not in groups:
+            continue
+        try:
+            fds = list((proc / str(pid) / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = fd.stat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                found.append(fd)
+    return found
+
+
+def warm(paths: Iterable[Path]) -> dict[str, Any]:
+    """Read every file through once, so its pages are in the page cache when the clock
+    starts (what the runs that follow another run of the same workload find). Returns how
+    many files and bytes, and how long it took."""
+    began = time.perf_counter()
+    buf = bytearray(WARM_CHUNK)
+    files = nbytes = 0
+    for path in paths:
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                while n := fh.readinto(buf):
+                    nbytes += n
+        except OSError:
+            continue  # closed or gone meanwhile
+        files += 1
+    return {"files": files, "bytes": nbytes,
+            "seconds": round(time.perf_counter() - began, 3)}

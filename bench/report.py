@@ -41,6 +41,21 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
     return dict(out)
 
 
+def by_position(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """workload -> for each place in a repetition's order (first, second, ...), the median
+    over its verified runs of wall time / that variant's median wall time. Every place near
+    1.0 means the order of the runs does not decide their times."""
+    medians = {(wid, label): row.get("wall_seconds")
+               for wid, rows in summarize(runs).items() for label, row in rows.items()}
+    places: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        base = medians.get((run["workload"], run["variant"]))
+        if run["ok"] and run.get("position") is not None and base:
+            places[run["workload"]][run["position"]].append(run["wall_seconds"] / base)
+    return {wid: [round(median(by[p]), 3) for p in sorted(by)]
+            for wid, by in places.items() if len(by) > 1}
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -181,6 +196,18 @@ def markdown(report: dict[str, Any]) -> str:
                      f"from the run before cannot land in the next one): waits median "
                      f"{rest['median_seconds']} s, longest {rest['max_seconds']} s; "
                      f"{rest['not_quiet']} runs started at the limit without rest.\n")
+    warmed = report["environment"].get("warmed")
+    if warmed and warmed["runs"]:
+        lines.append(f"Before each clock the stored objects and the peers' executables were "
+                     f"read into the page cache (this VM pages out file pages left unread "
+                     f"for ~30 s): up to {warmed['max_bytes'] / GIB:.2f} GiB, median "
+                     f"{warmed['median_seconds']} s, longest {warmed['max_seconds']} s.\n")
+    places = report.get("positions") or {}
+    if places:
+        lines.append("Order check, wall / the variant's median by place in a repetition "
+                     "(first, second, ...): " + "; ".join(
+                         f"{wid} " + " ".join(f"{x:.2f}" for x in xs)
+                         for wid, xs in places.items()) + ".\n")
     lines.append("`s3ferry` is a deployed fleet: its workers and `s3ferry serve` run before the "
                  "clock starts, and the clock runs from `s3ferry backfill --server` until every "
                  "job is acknowledged. `s3ferry cold` starts the worker and `s3ferry backfill` "

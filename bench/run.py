@@ -37,10 +37,12 @@ from bench.measure import (
     QUIET_WINDOW_SECONDS,
     Child,
     cpu_times_by_group,
+    open_files,
     settle,
+    warm,
 )
 from bench.seed import Seeded, VerifyError, create_bucket, drop_bucket, seed, verify
-from bench.tools import RunFailed, RunResult, Side, Tools
+from bench.tools import RunFailed, RunResult, Side, Tools, peer_binaries, s5cmd_binary
 from bench.workloads import (
     GIB,
     MIB,
@@ -107,14 +109,14 @@ class Runner:
         return path
 
     def copy(self, wl: Workload, variant: Variant, rep: int,
-             profile: Path | None = None) -> dict[str, Any]:
+             profile: Path | None = None, position: int | None = None) -> dict[str, Any]:
         seeded = self.seeded[wl.objects.name]
         dst = Side(wl.destination, _bucket_name(wl.id, variant.tool, rep))
         client = self.tools.s3[dst.endpoint]
         create_bucket(client, dst.bucket)
         src = Side(SOURCE_ENDPOINT, seeded.bucket)
         run_dir = self._run_dir(wl.id, variant.label, rep if profile is None else "profile")
-        record = _record(wl.id, variant, rep)
+        record = _record(wl.id, variant, rep) | {"position": position}
         before: dict[str, tuple[float, float]] = {}
 
         def before_clock() -> None:
@@ -151,10 +153,13 @@ class Runner:
 
     def _ready_for_clock(self, record: dict[str, Any]) -> None:
         """What comes just before a clock starts: delete the finished runs' destinations,
-        then wait for the emulators to be at rest (see :func:`bench.measure.settle`)."""
+        read the stored objects and the peers' executables into the page cache (see
+        :func:`bench.measure.warm`), then wait for the emulators to be at rest (see
+        :func:`bench.measure.settle`)."""
         self.clean_up()
         if not self.emulators:
             return
+        record["warmed"] = warm([*open_files(self.emulators.values()), *peer_binaries()])
         waited, quiet = settle(lambda: sum(sum(t) for t in self._emulator_cpu().values()))
         record["settled"] = {"seconds": round(waited, 2), "quiet": quiet}
 
@@ -274,7 +279,8 @@ def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
             log(f"repetition {rep + 1}/{plan.rounds}")
             for wl in plan.workloads:
                 if rep < plan.reps_of(wl):
-                    runs += [runner.copy(wl, v, rep) for v in _rotate(wl.variants, rep)]
+                    runs += [runner.copy(wl, v, rep, position=i)
+                             for i, v in enumerate(_rotate(wl.variants, rep))]
             if plan.diff is not None and rep < plan.reps:
                 runs.append(runner.diff_synthetic(plan.diff, rep))
                 runs += [runner.diff_real(plan.diff, v, rep)
@@ -298,11 +304,12 @@ def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
         "plan": plan.name, "reps": plan.reps, "reps_by_workload": reps_by_workload(runs),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "environment": _environment(env_start, workdir) | {"settled": settled(runs)},
+        "environment": _environment(env_start, workdir) | {"settled": settled(runs),
+                                                           "warmed": warmed(runs)},
         "settings": _settings(plan),
         "seeding_seconds": seeding,
         "workloads": [_describe(w) for w in plan.workloads],
-        "summary": summary, "diff": diff,
+        "summary": summary, "diff": diff, "positions": reporting.by_position(runs),
         "targets": [t.as_dict() for t in reporting.targets(summary, diff)],
         "profiles": profiles, "runs": runs,
     }
@@ -427,6 +434,15 @@ def settled(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "not_quiet": sum(not w["quiet"] for w in waits)}
 
 
+def warmed(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the runs read into the page cache before their clocks, and how long it took."""
+    done = [r["warmed"] for r in runs if r.get("warmed")]
+    seconds = [w["seconds"] for w in done]
+    return {"runs": len(done), "max_bytes": max((w["bytes"] for w in done), default=0),
+            "median_seconds": statistics.median(seconds) if seconds else 0.0,
+            "max_seconds": max(seconds, default=0.0)}
+
+
 def _environment(load_start: tuple[float, float, float], workdir: Path) -> dict[str, Any]:
     binaries = Path(sys.executable).parent
     rev = _version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
@@ -434,7 +450,7 @@ def _environment(load_start: tuple[float, float, float], workdir: Path) -> dict[
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "git": rev + ("+dirty" if dirty else ""),
             "rclone": _version([str(binaries / "rclone"), "version"]),
-            "s5cmd": _version([str(binaries / "s5cmd"), "version"]),
+            "s5cmd": _version([s5cmd_binary(), "version"]),
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
             "emulator_gc": emulator_gc(workdir)}

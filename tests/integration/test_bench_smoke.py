@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.run import run_bench
+from bench.tools import peer_binaries
 from bench.workloads import smoke_plan
 from s3ferry.localbed import LocalBed
 
@@ -38,6 +39,9 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     expected |= {("W5-real", v.label) for v in plan.diff.variants}
     expected |= {("W5-synthetic", "dispatcher.diff.diff")}
     assert ran == expected
+    binaries = sum(p.stat().st_size for p in peer_binaries())
+    seeded_files = sum({w.objects.name: w.objects.total_bytes for w in plan.workloads
+                        if w.objects.name in ("large", "giant")}.values())
     for run in report["runs"]:
         if run["workload"].startswith("W5"):
             continue
@@ -46,6 +50,11 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
         assert run["verify"]["bytes"] == objects.total_bytes
         assert run["cpu_seconds"] > 0 and run["peak_rss"] > 0
         assert run["settled"]["seconds"] > 0  # it waited for the emulators to be at rest
+        # the stored objects (the large and giant sets are files in the emulators) and the
+        # peers' executables were read into memory before the clock
+        assert run["warmed"]["bytes"] >= binaries + seeded_files
+        assert run["position"] in range(len(next(
+            w for w in plan.workloads if w.id == run["workload"]).variants))
         # what the run cost the servers: the copies' endpoint worked, whichever tool asked
         assert set(run["server_cpu_by_emulator"]) == set(groups)
         assert run["server_cpu_by_emulator"]["global"] > 0
@@ -63,4 +72,5 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     assert "W3 worker peak RSS" in table and "## W6 scale-out" in table
     assert "servers' CPU s" in table
     assert "started once the emulators had used under" in table
+    assert "read into the page cache" in table and "Order check" in table
     assert "Medians of 1 interleaved repetitions (W4a: 2)" in table
