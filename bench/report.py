@@ -202,6 +202,12 @@ def markdown(report: dict[str, Any]) -> str:
                      f"read into the page cache (this VM pages out file pages left unread "
                      f"for ~30 s): up to {warmed['max_bytes'] / GIB:.2f} GiB, median "
                      f"{warmed['median_seconds']} s, longest {warmed['max_seconds']} s.\n")
+    warm_ups = report.get("warm_ups") or []
+    if warm_ups:
+        by = sorted({r["workload"] for r in warm_ups})
+        lines.append(f"An untimed run of the baseline opened each repetition of "
+                     f"{', '.join(by)} ({len(warm_ups)} runs, "
+                     f"{sum(not r['ok'] for r in warm_ups)} failed).\n")
     places = report.get("positions") or {}
     if places:
         lines.append("Order check, wall / the variant's median by place in a repetition "

@@ -109,13 +109,15 @@ class Runner:
         return path
 
     def copy(self, wl: Workload, variant: Variant, rep: int,
-             profile: Path | None = None, position: int | None = None) -> dict[str, Any]:
+             profile: Path | None = None, position: int | None = None,
+             tag: str | None = None) -> dict[str, Any]:
         seeded = self.seeded[wl.objects.name]
         dst = Side(wl.destination, _bucket_name(wl.id, variant.tool, rep))
         client = self.tools.s3[dst.endpoint]
         create_bucket(client, dst.bucket)
         src = Side(SOURCE_ENDPOINT, seeded.bucket)
-        run_dir = self._run_dir(wl.id, variant.label, rep if profile is None else "profile")
+        run_dir = self._run_dir(wl.id, variant.label,
+                                tag or (rep if profile is None else "profile"))
         record = _record(wl.id, variant, rep) | {"position": position}
         before: dict[str, tuple[float, float]] = {}
 
@@ -177,6 +179,13 @@ class Runner:
         if variant.tool == "rclone":
             return self.tools.run_rclone(variant, src, dst, run_dir, before_clock=before_clock)
         return self.tools.run_s5cmd(variant, src, dst, run_dir, before_clock=before_clock)
+
+    def warm_up(self, wl: Workload, rep: int) -> dict[str, Any]:
+        """An untimed run of ``wl``'s baseline before repetition ``rep``'s timed runs (see
+        ``Workload.warm_up``); its record is kept apart from the counted runs."""
+        variant = next(v for v in wl.variants if v.label == wl.baseline)
+        record = self.copy(wl, variant, rep=-1, tag=f"warm-up{rep}")
+        return record | {"warm_up_of": rep}
 
     def diff_real(self, plan: DiffPlan, variant: Variant, rep: int) -> dict[str, Any]:
         seeded = self.seeded[plan.real.name]
@@ -275,10 +284,13 @@ def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
     try:
         seeding = runner.seed_all()
         runs = _JsonLines(workdir / "runs.jsonl")  # kept as they finish: a crash loses none
+        warm_ups: list[dict[str, Any]] = []
         for rep in range(plan.rounds):
             log(f"repetition {rep + 1}/{plan.rounds}")
             for wl in plan.workloads:
                 if rep < plan.reps_of(wl):
+                    if wl.warm_up:
+                        warm_ups.append(runner.warm_up(wl, rep))
                     runs += [runner.copy(wl, v, rep, position=i)
                              for i, v in enumerate(_rotate(wl.variants, rep))]
             if plan.diff is not None and rep < plan.reps:
@@ -291,13 +303,13 @@ def run_bench(servers: Mapping[str, LocalServer], plan: Plan, *, out_dir: Path,
         tools.close()
     return build_report(plan, list(runs), started=started, env_start=env_start,
                         seeding=seeding, profiles=profiles, out_dir=out_dir, stem=stem,
-                        workdir=workdir)
+                        workdir=workdir, warm_ups=warm_ups)
 
 
 def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
                  env_start: tuple[float, float, float], seeding: dict[str, float],
                  profiles: dict[str, Any], out_dir: Path, stem: str | None,
-                 workdir: Path) -> dict[str, Any]:
+                 workdir: Path, warm_ups: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     summary = reporting.summarize(runs)
     diff = reporting.synthetic_diff(runs)
     report: dict[str, Any] = {
@@ -311,7 +323,7 @@ def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
         "workloads": [_describe(w) for w in plan.workloads],
         "summary": summary, "diff": diff, "positions": reporting.by_position(runs),
         "targets": [t.as_dict() for t in reporting.targets(summary, diff)],
-        "profiles": profiles, "runs": runs,
+        "profiles": profiles, "runs": runs, "warm_ups": list(warm_ups),
     }
     stem = stem or started.strftime("%Y-%m-%dT%H%M%SZ")
     report["files"] = {k: str(v) for k, v in reporting.write(report, out_dir, stem).items()}

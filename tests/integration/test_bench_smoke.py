@@ -39,6 +39,9 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     expected |= {("W5-real", v.label) for v in plan.diff.variants}
     expected |= {("W5-synthetic", "dispatcher.diff.diff")}
     assert ran == expected
+    # W3's repetition opened with an untimed baseline run, kept apart from the counted ones
+    assert [(r["workload"], r["tool"], r["ok"], r["warm_up_of"]) for r in report["warm_ups"]] \
+        == [("W3", "rclone", True, 0)]
     binaries = sum(p.stat().st_size for p in peer_binaries())
     seeded_files = sum({w.objects.name: w.objects.total_bytes for w in plan.workloads
                         if w.objects.name in ("large", "giant")}.values())
@@ -73,4 +76,5 @@ def test_bench_smoke_runs_every_workload_and_writes_the_report(bed: LocalBed,
     assert "servers' CPU s" in table
     assert "started once the emulators had used under" in table
     assert "read into the page cache" in table and "Order check" in table
+    assert "An untimed run of the baseline opened each repetition of W3" in table
     assert "Medians of 1 interleaved repetitions (W4a: 2)" in table
