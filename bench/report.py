@@ -41,12 +41,14 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
     return dict(out)
 
 
-def by_position(runs: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+def by_position(runs: Sequence[dict[str, Any]],
+                summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[float]]:
     """workload -> for each place in a repetition's order (first, second, ...), the median
-    over its verified runs of wall time / that variant's median wall time. Every place near
-    1.0 means the order of the runs does not decide their times."""
+    over its verified runs of wall time / that variant's median wall time (from ``summary``,
+    :func:`summarize` of the same runs). Every place near 1.0 means the order of the runs
+    does not decide their times."""
     medians = {(wid, label): row.get("wall_seconds")
-               for wid, rows in summarize(runs).items() for label, row in rows.items()}
+               for wid, rows in summary.items() for label, row in rows.items()}
     places: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         base = medians.get((run["workload"], run["variant"]))
