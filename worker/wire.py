@@ -11,13 +11,15 @@ GetObject, HeadObject, PutObject, UploadPart and CopyObject itself:
   auth scheme stay botocore's;
 - it is signed by :mod:`worker.sigv4` with credentials from botocore's provider (refresh keeps
   working), payload signing decided as botocore decides it (``Endpoint.sign_payload``);
-- it is sent on an aiohttp session of the endpoint's pool size and timeouts;
+- it is sent on the endpoint's own keep-alive connections (:mod:`worker.connections`), as
+  many as its pool size, with its timeouts and botocore's certificate checks;
 - the answer goes through botocore's response parser and error classes, so callers get the
   same dicts and the same ``ClientError`` codes as from the botocore client.
 
 An argument or value the wire does not know (SSE-C keys, non-ASCII metadata, a streaming body,
 a checksum botocore would compute itself), a bucket botocore does not sign with plain SigV4,
-and a redirect to another region all go through the botocore client instead. Every other
+a bucket reached through a proxy (from the environment, as botocore reads it) and a redirect
+to another region all go through the botocore client instead. Every other
 method is the botocore client's own. One difference: a whole-object GET with
 ``ChecksumMode=ENABLED`` is not checked against its checksum here; the worker computes the
 checksum of what it read and compares it with the source's before anything is written.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import os
+import ssl
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -39,8 +42,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
-import aiohttp
-import yarl
 from botocore.awsrequest import HeadersDict
 from botocore.httpsession import create_urllib3_context, get_cert_path
 from botocore.parsers import create_parser
@@ -50,8 +51,9 @@ from common import checksums
 from common.clients import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, ClientPool
 from common.settings import Endpoint
 from worker.answers import AnswerReader
+from worker.connections import Connections, Origin, Response
 from worker.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, canonical_query
-from worker.source import BufferBody, BufferBodyPayload
+from worker.source import BufferBody
 
 OPERATIONS = {"get_object": "GetObject", "head_object": "HeadObject",
               "put_object": "PutObject", "upload_part": "UploadPart",
@@ -77,7 +79,7 @@ class Target:
     host: str
     path_prefix: str
     signer: Signer
-    proxy: str | None = None  # from the environment, as botocore reads it
+    origin: Origin
 
 
 PROBE_KEY = "s3ferry-wire-probe-7c1e"
@@ -102,7 +104,8 @@ def target_from_probe(url: str, headers: Mapping[str, Any]) -> Target | None:
     """Read a bucket's base URL and signing scope from botocore's own request for the key
     :data:`PROBE_KEY`: endpoint rules, addressing style and auth scheme stay botocore's.
 
-    None when that request is not plain SigV4 for ``s3`` (SigV4a, S3 Express sessions).
+    None when that request is not plain SigV4 for ``s3`` (SigV4a, S3 Express sessions), or
+    when it would go through a proxy.
     """
     parts = urlsplit(url)
     auth = headers.get("Authorization") or b""
@@ -115,9 +118,10 @@ def target_from_probe(url: str, headers: Mapping[str, Any]) -> Target | None:
         return None
     prefix = parts.path[:-len(PROBE_KEY)]
     base = f"{parts.scheme}://{parts.netloc}{prefix}"
+    if get_environ_proxies(base).get(parts.scheme):
+        return None
     return Target(base=base, host=parts.netloc, path_prefix=prefix,
-                  signer=Signer(region=scope[2], service=scope[3]),
-                  proxy=get_environ_proxies(base).get(parts.scheme))
+                  signer=Signer(region=scope[2], service=scope[3]), origin=Origin.of(base))
 
 
 def copy_answer(body: bytes) -> ElementTree.Element | None:
@@ -233,11 +237,11 @@ def _members(operation_model: Any) -> dict[str, _Member]:
 class _Body:
     """A GET's streaming body: ``read(n)`` and ``async with`` like botocore's."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: Response) -> None:
         self._response = response
 
     async def read(self, amt: int = -1) -> bytes:
-        return await self._response.content.read(amt)
+        return await self._response.read(amt)
 
     async def __aenter__(self) -> _Body:
         return self
@@ -263,7 +267,7 @@ class WireS3:
     """A botocore S3 client whose hot-path calls go straight over HTTP (see module doc)."""
 
     def __init__(self, client: Any, *, endpoint: Endpoint, credentials: Any,
-                 http: aiohttp.ClientSession) -> None:
+                 http: Connections) -> None:
         self._client = client
         self._endpoint = endpoint
         self._credentials = credentials
@@ -359,29 +363,27 @@ class WireS3:
         key = quote(request.key, safe="/~")
         query = canonical_query(request.query)
         url = target.base + key + (f"?{query}" if query else "")
+        path = target.path_prefix + key
         headers = {"host": target.host, **request.headers}
         signed = target.signer.sign(
-            method=op.method, path=target.path_prefix + key, query=query, headers=headers,
+            method=op.method, path=path, query=query, headers=headers,
             payload_hash=self._payload_hash(request, url), keys=await self._keys(),
             now=datetime.now(UTC))
         signed["User-Agent"] = USER_AGENT
         signed["Accept-Encoding"] = "identity"
-        body: Any = request.body
-        if isinstance(body, BufferBody):
-            body.seek(0)  # the whole buffer, on every attempt
-            body = BufferBodyPayload(body)
-        response = await self._http.request(op.method, yarl.URL(url, encoded=True),
-                                            headers=signed, data=body, proxy=target.proxy)
+        body = request.body.view() if isinstance(request.body, BufferBody) else request.body
+        if body is not None or op.method in {"PUT", "POST"}:
+            signed["Content-Length"] = str(len(body) if body is not None else 0)
+        response = await self._http.request(
+            target.origin, op.method, path + (f"?{query}" if query else ""), signed, body)
         try:
             return await self._parse(op, response)
         except BaseException:
             response.release()
             raise
 
-    async def _parse(self, op: _Operation,
-                     response: aiohttp.ClientResponse) -> tuple[int, dict[str, Any]]:
-        headers = {k.decode("utf-8").lower(): v.decode("utf-8")
-                   for k, v in response.raw_headers}
+    async def _parse(self, op: _Operation, response: Response) -> tuple[int, dict[str, Any]]:
+        headers = response.headers
         status = response.status
         if status < 300 and op.answers.streaming:
             return status, op.answers.read(status, headers, _Body(response))
@@ -400,23 +402,12 @@ class WireS3:
         return status, parsed
 
 
-def wire_session(endpoint: Endpoint, *, pool: int, read_timeout: float) -> aiohttp.ClientSession:
-    """An aiohttp session like aiobotocore's for this endpoint: pool size, timeouts, TLS.
-
-    No cookies and no ``trust_env``: aiohttp would read ~/.netrc and the proxy variables in
-    its thread pool on every request; the proxy is read once per bucket instead.
-    """
-    ssl: Any = False
-    if (endpoint.endpoint_url or "https:").startswith("https:"):
-        ssl = create_urllib3_context()
-        bundle: Any = os.environ.get("AWS_CA_BUNDLE") or True
-        ssl.load_verify_locations(get_cert_path(bundle))
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=pool, ssl=ssl),
-        timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_SECONDS,
-                                      sock_read=read_timeout),
-        skip_auto_headers={"Content-Type"}, auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar())
+def ssl_context() -> ssl.SSLContext:
+    """Certificates checked as botocore checks them: its CA bundle, or AWS_CA_BUNDLE."""
+    context: ssl.SSLContext = create_urllib3_context()
+    bundle: Any = os.environ.get("AWS_CA_BUNDLE") or True
+    context.load_verify_locations(get_cert_path(bundle))
+    return context
 
 
 class WireClients:
@@ -458,6 +449,7 @@ class WireClients:
         credentials = await self._clients.credentials(name)
         if not ep.direct_requests or credentials is None:  # no keys: botocore says so
             return client
-        http = await self._stack.enter_async_context(
-            wire_session(ep, pool=self._pool, read_timeout=self._read_timeout))
+        http = Connections(limit=self._pool, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                           read_timeout=self._read_timeout, ssl_context=ssl_context)
+        self._stack.push_async_callback(http.close)
         return WireS3(client, endpoint=ep, http=http, credentials=credentials)
