@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 
 class ByteBudget:
@@ -57,7 +57,8 @@ class ByteBudget:
             if granted.done() and not granted.cancelled():
                 self._release(n)  # granted as we were cancelled: give it back
             else:
-                self._waiters.remove(entry)
+                with suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove(entry)
                 self._wake()  # a smaller waiter behind us may fit now
             raise
 
@@ -68,5 +69,7 @@ class ByteBudget:
     def _wake(self) -> None:
         while self._waiters and self._waiters[0][0] <= self._free:
             n, granted = self._waiters.popleft()
+            if granted.done():  # cancelled, its task not yet run: it takes nothing
+                continue
             self._free -= n
             granted.set_result(None)
