@@ -39,7 +39,7 @@ def _secret_field(key: str) -> bool:
 
 
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in list(event.items()):
+    for key, value in event.items():  # values replaced in place: the keys stay as they are
         if _secret_field(key):
             event[key] = "REDACTED"
         elif isinstance(value, str):
@@ -60,10 +60,10 @@ def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            structlog.processors.format_exc_info,
+            _scrub,  # before the level and time are added: they never hold a secret
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _scrub,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -180,7 +180,13 @@ class Consumer:
 
     def _give_back(self, jobs: float) -> None:
         self._load = max(0.0, self._load - jobs)
-        self._room_freed.set()
+        self._load_changed()
+
+    def _load_changed(self) -> None:
+        """Wake the receive loops waiting for room, only when there is some: a full worker
+        finishing a job (the usual case under load) wakes nobody."""
+        if self._load < self._settings.max_jobs:
+            self._room_freed.set()
         self._metrics.jobs_held.set(round(self._load))
 
     def _weigh(self, lease: Lease, jobs: int, limit: int | None = None) -> None:
@@ -190,8 +196,7 @@ class Consumer:
         self._recent.append(max(jobs, limit or 0))
         self._load += jobs - lease.weight
         lease.weight = jobs
-        self._room_freed.set()
-        self._metrics.jobs_held.set(round(self._load))
+        self._load_changed()
 
     def _job_done(self, lease: Lease) -> None:
         lease.weight -= 1
