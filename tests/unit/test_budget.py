@@ -71,7 +71,14 @@ async def test_a_waiting_large_part_is_not_overtaken_by_later_small_ones() -> No
     assert order[:2] == ["first", "large"]
 
 
-async def test_cancelled_waiters_give_back_nothing_they_do_not_hold() -> None:
+@pytest.mark.parametrize("holder_leaves_first", [False, True],
+                         ids=["cancelled-then-room", "room-then-cancelled"])
+async def test_cancelled_waiters_give_back_nothing_they_do_not_hold(
+        holder_leaves_first: bool) -> None:
+    """A waiter cancelled while the holder leaves, in either order. When the holder runs
+    first it wakes the queue with the cancelled waiter's entry still at its head (its future
+    already cancelled): seen in a SIGTERM drain as ``ValueError: ... is not in deque``, the
+    job counted as crashed."""
     budget = ByteBudget(units=2, unit_bytes=8 * MIB)
     release = asyncio.Event()
 
@@ -84,32 +91,12 @@ async def test_cancelled_waiters_give_back_nothing_they_do_not_hold() -> None:
     waiter = asyncio.create_task(hold())
     small = asyncio.create_task(hold())
     await asyncio.sleep(0)
-    waiter.cancel()
-    release.set()
-    await asyncio.gather(holder, small)
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert budget.free == 2
-
-
-async def test_a_waiter_cancelled_as_room_frees_up_neither_fails_nor_leaks() -> None:
-    """The holder leaves (and wakes the queue) before the cancelled waiter's task has run:
-    the waiter's entry is still queued, its future already cancelled. Seen in a SIGTERM drain
-    as ``ValueError: ... is not in deque``, the job counted as crashed."""
-    budget = ByteBudget(units=2, unit_bytes=8 * MIB)
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with budget.take(16 * MIB):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
-    waiter = asyncio.create_task(hold())
-    small = asyncio.create_task(hold())
-    await asyncio.sleep(0)
-    release.set()  # the holder runs first ...
-    waiter.cancel()  # ... and meets a cancelled waiter at the head of the queue
+    if holder_leaves_first:
+        release.set()
+        waiter.cancel()
+    else:
+        waiter.cancel()
+        release.set()
     await asyncio.gather(holder, small)
     with pytest.raises(asyncio.CancelledError):
         await waiter
