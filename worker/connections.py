@@ -88,13 +88,11 @@ class Response:
     ", ") and the body, read whole or in pieces. The connection goes back to its pool once
     the body was read to its end, or is closed by :meth:`release` before that."""
 
-    __slots__ = ("_conn", "headers", "reason", "status")
+    __slots__ = ("_conn", "headers", "status")
 
-    def __init__(self, conn: _Connection, status: int, reason: str,
-                 headers: dict[str, str]) -> None:
+    def __init__(self, conn: _Connection, status: int, headers: dict[str, str]) -> None:
         self._conn: _Connection | None = conn
         self.status = status
-        self.reason = reason
         self.headers = headers
 
     async def read(self, amt: int = -1) -> bytes:
@@ -136,7 +134,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._got_bytes = False
         self._head = bytearray()
-        self._answer: tuple[int, str, dict[str, str]] | None = None
+        self._answer: tuple[int, dict[str, str]] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reading_paused = False
@@ -200,13 +198,13 @@ class _Connection(asyncio.Protocol):
                 if len(self._head) > MAX_HEAD_BYTES:
                     raise ProtocolError(f"an answer's head is over {MAX_HEAD_BYTES} bytes")
                 return
-            status, reason, headers = _parse_head(bytes(self._head[:end]))
+            status, headers = _parse_head(bytes(self._head[:end]))
             rest = bytes(self._head[end + 4:])
             self._head.clear()
             if 100 <= status < 200:  # 100 Continue and friends: the answer follows
                 self._head += rest
                 continue
-            self._answer = (status, reason, headers)
+            self._answer = (status, headers)
             self._frame(status, headers)
             if rest:
                 self._body_received(rest)
@@ -374,8 +372,8 @@ class _Connection(asyncio.Protocol):
             if reused and not self._got_bytes:
                 raise _Stale() from None
             raise
-        status, reason, headers = self._answer
-        return Response(self, status, reason, headers)
+        status, headers = self._answer
+        return Response(self, status, headers)
 
     def _begin(self, head_only: bool) -> None:
         self._state = _HEAD
@@ -463,7 +461,7 @@ _CHUNK_STEPS: tuple[Callable[[_Connection], bool], ...] = (
     _Connection._trailer)  # by _SIZE, _DATA, _DATA_END, _TRAILER
 
 
-def _parse_head(raw: bytes) -> tuple[int, str, dict[str, str]]:
+def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -482,7 +480,7 @@ def _parse_head(raw: bytes) -> tuple[int, str, dict[str, str]]:
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     if parts[0] == "HTTP/1.0" and "keep-alive" not in headers.get("connection", "").lower():
         headers.setdefault("connection", "close")
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+    return int(parts[1]), headers
 
 
 class Connections:

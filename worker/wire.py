@@ -338,20 +338,20 @@ class WireS3:
             request.headers.setdefault("x-amz-checksum-mode", "ENABLED")  # as botocore asks
         return request
 
-    def _payload_hash(self, request: Request, url: str) -> str:
+    def _payload_hash(self, request: Request, body: bytes | memoryview | None, *,
+                      tls: bool) -> str:
         """As botocore decides: the endpoint's setting; unset, every byte is signed except
         over TLS with a checksum header sent along."""
         sign = self._endpoint.sign_payload
         if sign is None:
             has_checksum = any(h.startswith("x-amz-checksum-") or h == "Content-MD5"
                                for h in request.headers)
-            sign = not (url.startswith("https:") and has_checksum)
-        body = request.body
+            sign = not (tls and has_checksum)
         if not sign:
             return UNSIGNED_PAYLOAD
         if body is None:
             return EMPTY_SHA256
-        return sha256(body.view() if isinstance(body, BufferBody) else body).hexdigest()
+        return sha256(body).hexdigest()
 
     async def _keys(self) -> Keys:
         frozen = await self._credentials.get_frozen_credentials()
@@ -362,16 +362,15 @@ class WireS3:
                     target: Target) -> tuple[int, dict[str, Any]]:
         key = quote(request.key, safe="/~")
         query = canonical_query(request.query)
-        url = target.base + key + (f"?{query}" if query else "")
         path = target.path_prefix + key
         headers = {"host": target.host, **request.headers}
+        body = request.body.view() if isinstance(request.body, BufferBody) else request.body
         signed = target.signer.sign(
             method=op.method, path=path, query=query, headers=headers,
-            payload_hash=self._payload_hash(request, url), keys=await self._keys(),
-            now=datetime.now(UTC))
+            payload_hash=self._payload_hash(request, body, tls=target.origin.scheme == "https"),
+            keys=await self._keys(), now=datetime.now(UTC))
         signed["User-Agent"] = USER_AGENT
         signed["Accept-Encoding"] = "identity"
-        body = request.body.view() if isinstance(request.body, BufferBody) else request.body
         if body is not None or op.method in {"PUT", "POST"}:
             signed["Content-Length"] = str(len(body) if body is not None else 0)
         response = await self._http.request(
