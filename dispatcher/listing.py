@@ -1,11 +1,14 @@
 """ListObjectsV2 as an async stream of :class:`Entry`, one page ahead at most.
 
 The next page is requested while the current one is consumed, so listing and diffing overlap;
-memory holds two pages (2,000 keys) whatever the bucket size. Pages are parsed by
-:mod:`dispatcher.fastlist` (botocore's answer for ~1/7 of its CPU). Keys are yielded
-relative to a base prefix. A key the store returns outside the requested prefix is dropped
-and logged, never passed on: the delete path relies on every destination key being below
-its prefix.
+memory holds two pages (2,000 keys) whatever the bucket size. Pages start small and double
+(100, 200, 400, ... keys, up to the page size): the first jobs leave as soon as a small page
+is in, instead of after a full one (LocalStack answers 100 keys in ~15 ms, 1,000 in
+95-170 ms; on S3 a listing of a million keys makes 4 more requests than at 1,000 a page).
+Pages are parsed by :mod:`dispatcher.fastlist` (botocore's answer for ~1/7 of its CPU).
+Keys are yielded relative to a base prefix. A key the store returns outside the requested
+prefix is dropped and logged, never passed on: the delete path relies on every destination
+key being below its prefix.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dispatcher import fastlist
 from dispatcher.diff import Entry
 
 log = get_logger(__name__)
+FIRST_PAGE_KEYS = 100
 
 
 async def _page(client: Any, policy: RetryPolicy, **kwargs: Any) -> dict[str, Any]:
@@ -43,17 +47,19 @@ async def pages(client: Any, *, bucket: str, prefix: str, delimiter: str | None 
     """Every ListObjectsV2 page, the next one fetched while the caller handles this one."""
     policy = policy or RetryPolicy()
     fastlist.install(client)
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    size = min(page_size, FIRST_PAGE_KEYS)
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
         kwargs["Delimiter"] = delimiter
-    pending = asyncio.ensure_future(_page(client, policy, **kwargs))
+    pending = asyncio.ensure_future(_page(client, policy, **kwargs, MaxKeys=size))
     try:
         while True:
             page = await pending
             token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
             if token:
+                size = min(page_size, size * 2)
                 pending = asyncio.ensure_future(
-                    _page(client, policy, **kwargs, ContinuationToken=token))
+                    _page(client, policy, **kwargs, MaxKeys=size, ContinuationToken=token))
             yield page
             if not token:
                 return

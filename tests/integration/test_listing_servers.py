@@ -65,3 +65,27 @@ async def test_listed_entries_equal_botocore_s_and_came_the_fast_way(
     # when URL encoding changes it: README, "What is simulated")
     assert paged == botocore_entries(s3_clients[server], bucket, "data/", 3)
     assert len(fast_pages) >= 4 and all(n <= 3 for n in fast_pages[1:])
+
+
+async def test_pages_start_small_and_double_so_the_first_jobs_leave_early(
+        config_path: Path, make_bucket: Callable[[str], str], s3_clients: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = make_bucket("global")
+    keys = [f"p/{i:04d}" for i in range(750)]
+    put_many(s3_clients["global"], bucket, {k: b"x" for k in keys}, threads=8)
+    page_sizes: list[int] = []
+    real = fastlist.parse_contents
+
+    def counting(*args: Any) -> list[dict[str, Any]]:
+        entries = real(*args)
+        page_sizes.append(len(entries))
+        return entries
+    monkeypatch.setattr(fastlist, "parse_contents", counting)
+
+    settings = load_settings(config_path)
+    async with ClientPool({"global": settings.endpoints["global"]}) as pool:
+        client = await pool.get("global")
+        listed = [e.key async for e in list_entries(client, bucket=bucket, prefix="p/",
+                                                    page_size=300)]
+    assert listed == [k[2:] for k in keys]  # every key once, in order
+    assert page_sizes == [100, 200, 300, 150]  # doubling, capped at the page size

@@ -100,6 +100,16 @@ async def test_one_job_per_message_when_bundles_are_off() -> None:
     assert metrics.messages_sent._value.get() == 25
 
 
+async def test_the_first_job_leaves_alone_then_batches_grow_to_ten() -> None:
+    jobs: list[CopyJob | DeleteJob] = [copy(f"k{i:03d}", 10) for i in range(40)]
+
+    sqs, _ = await send(jobs, jobs_per_message=1)
+
+    # the first job is on the queue before the next ones are even decided
+    assert [len(b) for b in sqs.batches] == [1, 2, 4, 8, 10, 10, 5]
+    assert sent_jobs(sqs) == jobs
+
+
 async def test_bundles_of_long_keys_stay_within_their_byte_limit() -> None:
     jobs: list[CopyJob | DeleteJob] = [copy(f"{i:04d}" + "k" * 1020, 1) for i in range(600)]
 
