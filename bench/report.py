@@ -1,13 +1,17 @@
 """Medians, ratios and targets from the runs of one bench; JSON, markdown and a PNG chart.
 
 Only verified runs count. Ratios are s3ferry's median over the peer's median, in the same
-bench run (absolute times drift on this shared machine; ratios in one run hold).
+bench run (absolute times drift on this shared machine; ratios in one run hold). A ratio target
+also shows how sure that ratio is: a 95% bootstrap interval (each tool's runs resampled), and
+in how many repetitions s3ferry was the faster of the pair. A target whose interval holds its
+limit is a tie at this bench's noise, whichever side of the limit the medians fell.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -65,6 +69,8 @@ class Target:
     limit: float
     unit: str
     higher_is_better: bool = False
+    interval: tuple[float, float] | None = None  # 95%, of a ratio (see ratio_interval)
+    wins: tuple[int, int] | None = None  # (s3ferry faster, repetitions with both)
 
     @property
     def met(self) -> bool | None:
@@ -80,11 +86,15 @@ class Target:
             return "not measured"
         assert self.measured is not None
         gap = abs(self.measured / self.limit - 1) * 100
-        return f"met with {gap:.0f}% to spare" if self.met else f"missed by {gap:.0f}%"
+        text = f"met with {gap:.0f}% to spare" if self.met else f"missed by {gap:.0f}%"
+        if self.interval is not None and self.interval[0] <= self.limit <= self.interval[1]:
+            text += " (a tie: the interval holds the limit)"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "measured": self.measured, "limit": self.limit,
-                "unit": self.unit, "met": self.met, "margin": self.margin}
+                "unit": self.unit, "met": self.met, "margin": self.margin,
+                "interval": self.interval, "wins": self.wins}
 
 
 def _get(summary: dict[str, Any], wid: str, label: str, metric: str) -> float | None:
@@ -98,14 +108,53 @@ def ratio(summary: dict[str, Any], wid: str, metric: str, peer: str,
     return None if a is None or not b else a / b
 
 
-def targets(summary: dict[str, Any], diff: dict[str, Any]) -> list[Target]:
-    out = [Target(f"{w} wall time s3ferry / rclone", ratio(summary, w, "wall_seconds", "rclone"),
-                  1.0, "x") for w in ("W1", "W2", "W3")]
-    out += [Target(f"{w} wall time s3ferry / s5cmd", ratio(summary, w, "wall_seconds", "s5cmd"),
-                   1.0, "x") for w in ("W4a", "W4b")]
-    out += [Target(f"{w} CPU s per GiB s3ferry / rclone",
-                   ratio(summary, w, "cpu_seconds_per_gib", "rclone"), 2.0, "x")
-            for w in ("W1", "W3")]
+def ratio_interval(summary: dict[str, Any], wid: str, metric: str, peer: str,
+                   mine: str = "s3ferry", *, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """A 95% bootstrap interval of :func:`ratio`: each tool's runs drawn again with
+    replacement, the ratio of the medians taken, the middle 95% of those ratios kept.
+    Seeded, so one set of runs always gives one interval. None below 3 runs a side."""
+    a = summary.get(wid, {}).get(mine, {}).get(f"{metric}_all") or []
+    b = summary.get(wid, {}).get(peer, {}).get(f"{metric}_all") or []
+    if len(a) < 3 or len(b) < 3:
+        return None
+    rng = random.Random(seed)
+    ratios = sorted(median(rng.choices(a, k=len(a))) / median(rng.choices(b, k=len(b)))
+                    for _ in range(resamples))
+    return (round(ratios[int(0.025 * resamples)], 3),
+            round(ratios[int(0.975 * resamples) - 1], 3))
+
+
+def wins(runs: Sequence[dict[str, Any]], wid: str, peer: str,
+         mine: str = "s3ferry") -> tuple[int, int] | None:
+    """(repetitions where ``mine`` took less wall time than ``peer``, repetitions where both
+    were verified): the pairs ran back to back, so this reads past drift between repetitions."""
+    walls: dict[tuple[str, int], float] = {}
+    for run in runs:
+        if run["workload"] == wid and run["ok"] and run["rep"] >= 0:
+            walls[(run["variant"], run["rep"])] = run["wall_seconds"]
+    reps = sorted({rep for label, rep in walls if label == mine}
+                  & {rep for label, rep in walls if label == peer})
+    if not reps:
+        return None
+    return sum(walls[(mine, r)] < walls[(peer, r)] for r in reps), len(reps)
+
+
+def _compared(summary: dict[str, Any], runs: Sequence[dict[str, Any]], wid: str, metric: str,
+              peer: str, limit: float, name: str) -> Target:
+    return Target(name, ratio(summary, wid, metric, peer), limit, "x",
+                  interval=ratio_interval(summary, wid, metric, peer),
+                  wins=wins(runs, wid, peer) if metric == "wall_seconds" else None)
+
+
+def targets(summary: dict[str, Any], diff: dict[str, Any],
+            runs: Sequence[dict[str, Any]] = ()) -> list[Target]:
+    out = [_compared(summary, runs, w, "wall_seconds", "rclone", 1.0,
+                     f"{w} wall time s3ferry / rclone") for w in ("W1", "W2", "W3")]
+    out += [_compared(summary, runs, w, "wall_seconds", "s5cmd", 1.0,
+                      f"{w} wall time s3ferry / s5cmd") for w in ("W4a", "W4b")]
+    out += [_compared(summary, runs, w, "cpu_seconds_per_gib", "rclone", 2.0,
+                      f"{w} CPU s per GiB s3ferry / rclone") for w in ("W1", "W3")]
     rss = _get(summary, "W3", "s3ferry", "peak_rss")
     out.append(Target("W3 worker peak RSS", None if rss is None else rss / MIB, 300, "MiB"))
     out.append(Target("W5 diff keys/s in process (CPU clock)", diff.get("keys_per_second"),
@@ -230,12 +279,19 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _diff_table(report)
     lines += _scale_table(summary)
     lines.append("\n## Targets\n")
-    lines.append("| target | measured | limit | met | margin |")
-    lines.append("|---|---:|---:|:-:|---|")
+    lines.append("The interval: 95% bootstrap interval of the ratio of medians. Faster in: "
+                 "repetitions where s3ferry took less wall time than the peer run next to "
+                 "it.\n")
+    lines.append("| target | measured | limit | met | margin | interval | faster in |")
+    lines.append("|---|---:|---:|:-:|---|---|--:|")
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        interval = t.get("interval")
+        span = "-" if not interval else f"{interval[0]:.2f}-{interval[1]:.2f}"
+        won = t.get("wins")
         lines.append(f"| {t['name']} | {_fmt(t['measured'])} {t['unit']} | {t['limit']:,} "
-                     f"{t['unit']} | {met} | {t['margin']} |")
+                     f"{t['unit']} | {met} | {t['margin']} | {span} | "
+                     f"{'-' if not won else f'{won[0]}/{won[1]}'} |")
     for wid, prof in report.get("profiles", {}).items():
         lines.append(f"\n## Profile: s3ferry worker during {wid} (py-spy, self time)\n")
         if not prof.get("top"):

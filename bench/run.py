@@ -322,7 +322,7 @@ def build_report(plan: Plan, runs: list[dict[str, Any]], *, started: datetime,
         "seeding_seconds": seeding,
         "workloads": [_describe(w) for w in plan.workloads],
         "summary": summary, "diff": diff, "positions": reporting.by_position(runs, summary),
-        "targets": [t.as_dict() for t in reporting.targets(summary, diff)],
+        "targets": [t.as_dict() for t in reporting.targets(summary, diff, runs)],
         "profiles": profiles, "runs": runs, "warm_ups": list(warm_ups),
     }
     stem = stem or started.strftime("%Y-%m-%dT%H%M%SZ")
