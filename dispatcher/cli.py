@@ -94,7 +94,7 @@ async def run_backfill(settings: Settings, routes: list[Route], options: Backfil
         else:
             sqs = await clients.get(settings.queue_endpoint, "sqs")
             sink = JobSender(sqs, settings.queue_url, metrics=metrics, sample_size=sample,
-                             bundling=settings.dispatcher)
+                             bundling=settings.dispatcher, streaming=True)
         job = Backfill(clients=clients, sink=sink, options=options, metrics=metrics,
                        progress=progress)
 

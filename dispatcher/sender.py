@@ -8,13 +8,14 @@ at one job and double (1, 2, 4, ...) up to ``jobs_per_message``: a small backfil
 of a few events, still spread over several workers, and a large one is soon in full bundles.
 Each bundle names that limit, so workers leave room for full bundles from the first one.
 
-Batches hold at most 10 messages and 256 KiB, and grow the same way: the first holds one
-message, then 2, 4, 8, 10, so the first job is on the queue as soon as it is decided rather
-than after ten bundles (~430 jobs) are. A few batches are in flight at once (bounded);
-entries SQS reports as failed are sent again with jittered backoff, and a batch that still
-fails after the retry budget raises :class:`SendFailed`: the backfill stops with an error and
-can simply be run again (the worker skips what was already copied). ``sent`` counts only
-entries SQS accepted.
+Batches hold at most 10 messages and 256 KiB. A sender fed over time (``streaming``: a
+backfill's listing) grows them the same way, 1, 2, 4, 8 and then 10 messages, so the first
+job is on the queue as soon as it is decided rather than after ten bundles (~430 jobs) are;
+a sender given all its jobs at once (the events of one receive) fills every batch. A few
+batches are in flight at once (bounded); entries SQS reports as failed are sent again with
+jittered backoff, and a batch that still fails after the retry budget raises
+:class:`SendFailed`: the backfill stops with an error and can simply be run again (the
+worker skips what was already copied). ``sent`` counts only entries SQS accepted.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class JobSender:
     def __init__(self, sqs: Any, queue_url: str, *, metrics: DispatcherMetrics,
                  in_flight: int = 4, policy: RetryPolicy | None = None,
                  sample_size: int = 10,
-                 bundling: DispatcherSettings | None = None) -> None:
+                 bundling: DispatcherSettings | None = None,
+                 streaming: bool = False) -> None:
         self._sqs = sqs
         self._url = queue_url
         self._metrics = metrics
@@ -122,7 +124,7 @@ class JobSender:
         self._bundling = bundling or DispatcherSettings()
         self._bundle = _Bundle()
         self._bundles_sealed = 0
-        self._batches_launched = 0
+        self._batch_limit = 1 if streaming else SQS_MAX_BATCH  # messages in the next batch
         self._error: BaseException | None = None
         self.sent = Sent(sample_size=sample_size)
 
@@ -157,7 +159,7 @@ class JobSender:
             await self._launch()
         self._batch.bodies.append((body, jobs))
         self._batch.size += size
-        if len(self._batch.bodies) >= min(SQS_MAX_BATCH, 1 << self._batches_launched):
+        if len(self._batch.bodies) >= self._batch_limit:
             await self._launch()
 
     async def flush(self) -> None:
@@ -174,7 +176,7 @@ class JobSender:
 
     async def _launch(self) -> None:
         batch, self._batch = self._batch, _Batch()
-        self._batches_launched = min(self._batches_launched + 1, 8)
+        self._batch_limit = min(SQS_MAX_BATCH, self._batch_limit * 2)
         await self._slots.acquire()
         task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)

@@ -51,10 +51,11 @@ def delete(key: str) -> DeleteJob:
     return DeleteJob(destination=DestinationRef(endpoint="c", bucket="dst-bucket", key=key))
 
 
-async def send(jobs: list[CopyJob | DeleteJob], **settings: Any) -> tuple[RecordingSqs,
-                                                                          DispatcherMetrics]:
+async def send(jobs: list[CopyJob | DeleteJob], streaming: bool = False,
+               **settings: Any) -> tuple[RecordingSqs, DispatcherMetrics]:
     sqs, metrics = RecordingSqs(), DispatcherMetrics(CollectorRegistry())
-    sender = JobSender(sqs, "q", metrics=metrics, bundling=DispatcherSettings(**settings))
+    sender = JobSender(sqs, "q", metrics=metrics, bundling=DispatcherSettings(**settings),
+                       streaming=streaming)
     for job in jobs:
         await sender.put(job)
     await sender.flush()
@@ -100,13 +101,23 @@ async def test_one_job_per_message_when_bundles_are_off() -> None:
     assert metrics.messages_sent._value.get() == 25
 
 
-async def test_the_first_job_leaves_alone_then_batches_grow_to_ten() -> None:
+async def test_a_streaming_sender_sends_the_first_job_alone_then_batches_grow_to_ten(
+        ) -> None:
     jobs: list[CopyJob | DeleteJob] = [copy(f"k{i:03d}", 10) for i in range(40)]
 
-    sqs, _ = await send(jobs, jobs_per_message=1)
+    sqs, _ = await send(jobs, streaming=True, jobs_per_message=1)
 
-    # the first job is on the queue before the next ones are even decided
+    # a backfill's first job is on the queue before the next ones are even listed
     assert [len(b) for b in sqs.batches] == [1, 2, 4, 8, 10, 10, 5]
+    assert sent_jobs(sqs) == jobs
+
+
+async def test_a_sender_given_all_its_jobs_at_once_fills_every_batch() -> None:
+    jobs: list[CopyJob | DeleteJob] = [copy(f"k{i:03d}", 10) for i in range(25)]
+
+    sqs, _ = await send(jobs, jobs_per_message=1)  # the events of one receive
+
+    assert [len(b) for b in sqs.batches] == [10, 10, 5]
     assert sent_jobs(sqs) == jobs
 
 
