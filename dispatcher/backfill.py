@@ -32,7 +32,7 @@ from common.routes import DestinationSpec, Route
 from common.s3errors import classify, head_or_none
 from dispatcher.diff import Action, Decision, Entry, Mode, adiff, same_content
 from dispatcher.fanout import Unmappable, copy_job, delete_job
-from dispatcher.listing import common_prefixes, list_entries
+from dispatcher.listing import FIRST_PAGE_KEYS, common_prefixes, list_entries
 
 log = get_logger(__name__)
 
@@ -107,8 +107,8 @@ class Backfill:
     async def _pair(self, pair: _Pair) -> None:
         log.info("backfill_destination_started", route=pair.route.name,
                  destination=pair.dest.endpoint, mode=self._options.mode.value)
-        if self._options.shards <= 1:
-            await self._diff(pair, shard="", delimiter=None)
+        if self._options.shards <= 1:  # one listing a side: its first page a quick one
+            await self._diff(pair, shard="", delimiter=None, first_page=FIRST_PAGE_KEYS)
             return
         shards = await self._shards(pair)
         limit = asyncio.Semaphore(self._options.shards)
@@ -134,23 +134,25 @@ class Backfill:
         return sorted(found, key=lambda n: n.encode())
 
     def _listing(self, client: Any, bucket: str, base: str, shard: str,
-                 delimiter: str | None, side: str) -> AsyncIterator[Entry]:
+                 delimiter: str | None, side: str,
+                 first_page: int | None) -> AsyncIterator[Entry]:
         async def counted() -> AsyncIterator[Entry]:
             async for entry in list_entries(client, bucket=bucket, prefix=base + shard,
                                             base=base, delimiter=delimiter,
                                             page_size=self._options.page_size,
-                                            policy=self._policy):
+                                            first_page=first_page, policy=self._policy):
                 self.progress.listed[side] += 1
                 self._metrics.objects_listed.labels(side).inc()
                 yield entry
         return counted()
 
-    async def _diff(self, pair: _Pair, *, shard: str, delimiter: str | None) -> None:
+    async def _diff(self, pair: _Pair, *, shard: str, delimiter: str | None,
+                    first_page: int | None = None) -> None:
         route = pair.route
         source = self._listing(pair.src_client, route.source.bucket, route.source.prefix,
-                               shard, delimiter, "source")
+                               shard, delimiter, "source", first_page)
         destination = self._listing(pair.dst_client, pair.dest.bucket, pair.dest.prefix,
-                                    shard, delimiter, "destination")
+                                    shard, delimiter, "destination", first_page)
 
         def wanted(entry: Entry) -> bool:
             return route.key_in_scope(entry.key) and route.object_wanted(

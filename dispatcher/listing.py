@@ -1,10 +1,10 @@
 """ListObjectsV2 as an async stream of :class:`Entry`, one page ahead at most.
 
 The next page is requested while the current one is consumed, so listing and diffing overlap;
-memory holds two pages (2,000 keys) whatever the bucket size. Pages start small and double
-(100, 200, 400, ... keys, up to the page size): the first jobs leave as soon as a small page
-is in, instead of after a full one (LocalStack answers 100 keys in ~15 ms, 1,000 in
-95-170 ms; on S3 a listing of a million keys makes 4 more requests than at 1,000 a page).
+memory holds two pages (2,000 keys) whatever the bucket size. A listing may ask for a small
+first page (``first_page``): the backfill's unsharded diff does, so its first jobs leave once
+100 keys are in, not 1,000 (LocalStack answers 100 keys in ~15 ms, 1,000 in 95-170 ms). It
+costs one request more per listing, which is why sharded diffs, many short listings, do not.
 Pages are parsed by :mod:`dispatcher.fastlist` (botocore's answer for ~1/7 of its CPU).
 Keys are yielded relative to a base prefix. A key the store returns outside the requested
 prefix is dropped and logged, never passed on: the delete path relies on every destination
@@ -26,7 +26,7 @@ from dispatcher import fastlist
 from dispatcher.diff import Entry
 
 log = get_logger(__name__)
-FIRST_PAGE_KEYS = 100
+FIRST_PAGE_KEYS = 100  # a quick first page, where one is asked for
 
 
 async def _page(client: Any, policy: RetryPolicy, **kwargs: Any) -> dict[str, Any]:
@@ -42,12 +42,12 @@ async def _page(client: Any, policy: RetryPolicy, **kwargs: Any) -> dict[str, An
 
 
 async def pages(client: Any, *, bucket: str, prefix: str, delimiter: str | None = None,
-                page_size: int = 1000,
+                page_size: int = 1000, first_page: int | None = None,
                 policy: RetryPolicy | None = None) -> AsyncIterator[dict[str, Any]]:
     """Every ListObjectsV2 page, the next one fetched while the caller handles this one."""
     policy = policy or RetryPolicy()
     fastlist.install(client)
-    size = min(page_size, FIRST_PAGE_KEYS)
+    size = min(page_size, first_page or page_size)
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
         kwargs["Delimiter"] = delimiter
@@ -57,9 +57,9 @@ async def pages(client: Any, *, bucket: str, prefix: str, delimiter: str | None 
             page = await pending
             token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
             if token:
-                size = min(page_size, size * 2)
                 pending = asyncio.ensure_future(
-                    _page(client, policy, **kwargs, MaxKeys=size, ContinuationToken=token))
+                    _page(client, policy, **kwargs, MaxKeys=page_size,
+                          ContinuationToken=token))
             yield page
             if not token:
                 return
@@ -71,6 +71,7 @@ async def pages(client: Any, *, bucket: str, prefix: str, delimiter: str | None 
 
 async def list_entries(client: Any, *, bucket: str, prefix: str, base: str | None = None,
                        delimiter: str | None = None, page_size: int = 1000,
+                       first_page: int | None = None,
                        policy: RetryPolicy | None = None) -> AsyncIterator[Entry]:
     """Objects under ``prefix`` as entries keyed relative to ``base`` (default: ``prefix``).
 
@@ -78,7 +79,7 @@ async def list_entries(client: Any, *, bucket: str, prefix: str, base: str | Non
     """
     base = prefix if base is None else base
     async for page in pages(client, bucket=bucket, prefix=prefix, delimiter=delimiter,
-                            page_size=page_size, policy=policy):
+                            page_size=page_size, first_page=first_page, policy=policy):
         for obj in page.get("Contents", ()):
             key: str = obj["Key"]
             if not key.startswith(prefix):

@@ -67,7 +67,7 @@ async def test_listed_entries_equal_botocore_s_and_came_the_fast_way(
     assert len(fast_pages) >= 4 and all(n <= 3 for n in fast_pages[1:])
 
 
-async def test_pages_start_small_and_double_so_the_first_jobs_leave_early(
+async def test_a_quick_first_page_when_asked_then_full_pages(
         config_path: Path, make_bucket: Callable[[str], str], s3_clients: dict[str, Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
     bucket = make_bucket("global")
@@ -85,7 +85,11 @@ async def test_pages_start_small_and_double_so_the_first_jobs_leave_early(
     settings = load_settings(config_path)
     async with ClientPool({"global": settings.endpoints["global"]}) as pool:
         client = await pool.get("global")
-        listed = [e.key async for e in list_entries(client, bucket=bucket, prefix="p/",
-                                                    page_size=300)]
-    assert listed == [k[2:] for k in keys]  # every key once, in order
-    assert page_sizes == [100, 200, 300, 150]  # doubling, capped at the page size
+        quick = [e.key async for e in list_entries(client, bucket=bucket, prefix="p/",
+                                                   page_size=300, first_page=100)]
+        assert page_sizes == [100, 300, 300, 50]  # the first jobs wait for 100 keys only
+        page_sizes.clear()
+        plain = [e.key async for e in list_entries(client, bucket=bucket, prefix="p/",
+                                                   page_size=300)]
+        assert page_sizes == [300, 300, 150]  # not asked: no request more
+    assert quick == plain == [k[2:] for k in keys]  # every key once, in order
