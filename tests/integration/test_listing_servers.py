@@ -32,6 +32,19 @@ def botocore_entries(client: Any, bucket: str, prefix: str,
     return out
 
 
+def count_pages(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The entries in each page parsed the fast way, appended as pages arrive."""
+    sizes: list[int] = []
+    real = fastlist.parse_contents
+
+    def counting(*args: Any) -> list[dict[str, Any]]:
+        entries = real(*args)
+        sizes.append(len(entries))
+        return entries
+    monkeypatch.setattr(fastlist, "parse_contents", counting)
+    return sizes
+
+
 @pytest.mark.parametrize("server", ["global", "rclone"])
 async def test_listed_entries_equal_botocore_s_and_came_the_fast_way(
         config_path: Path, make_bucket: Callable[[str], str], s3_clients: dict[str, Any],
@@ -40,14 +53,7 @@ async def test_listed_entries_equal_botocore_s_and_came_the_fast_way(
     # rclone's local backend cannot hold a "directory" marker with bytes
     keys = KEYS if server == "global" else [k for k in KEYS if k != "data/"]
     put_many(s3_clients[server], bucket, {k: k.encode()[:7] for k in keys}, threads=8)
-    fast_pages: list[int] = []
-    real = fastlist.parse_contents
-
-    def counting(*args: Any) -> list[dict[str, Any]]:
-        entries = real(*args)
-        fast_pages.append(len(entries))
-        return entries
-    monkeypatch.setattr(fastlist, "parse_contents", counting)
+    fast_pages = count_pages(monkeypatch)
 
     settings = load_settings(config_path)
     async with ClientPool({server: settings.endpoints[server]}) as pool:
@@ -73,14 +79,7 @@ async def test_a_quick_first_page_when_asked_then_full_pages(
     bucket = make_bucket("global")
     keys = [f"p/{i:04d}" for i in range(750)]
     put_many(s3_clients["global"], bucket, {k: b"x" for k in keys}, threads=8)
-    page_sizes: list[int] = []
-    real = fastlist.parse_contents
-
-    def counting(*args: Any) -> list[dict[str, Any]]:
-        entries = real(*args)
-        page_sizes.append(len(entries))
-        return entries
-    monkeypatch.setattr(fastlist, "parse_contents", counting)
+    page_sizes = count_pages(monkeypatch)
 
     settings = load_settings(config_path)
     async with ClientPool({"global": settings.endpoints["global"]}) as pool:
