@@ -23,6 +23,27 @@ from bench.measure import median
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+STORES = ("global", "china")  # the S3 emulators ("queues" holds only s3ferry's job queues)
+STORE_BOUND = 0.85  # share of a core the busiest store used over a run's wall time, at least
+
+
+def busiest_store(run: dict[str, Any]) -> tuple[str, float] | None:
+    """The S3 emulator that used the most CPU in a run, and how many seconds: on these two
+    cores a store that was busy for about the whole wall time decided the run's time."""
+    spent = run.get("server_cpu_by_emulator") or {}
+    known = [(name, float(spent[name])) for name in STORES if spent.get(name) is not None]
+    return max(known, key=lambda item: item[1]) if known else None
+
+
+def _derived(run: dict[str, Any], metric: str) -> float | None:
+    """A run's measured metric, or one derived from them: the busiest store's CPU seconds,
+    and the wall time beyond them (the part of the wall the tool's own work can add)."""
+    if metric not in ("store_cpu_seconds", "beyond_store_seconds"):
+        return run.get(metric)
+    store = busiest_store(run)
+    if store is None or run.get("wall_seconds") is None:
+        return None
+    return store[1] if metric == "store_cpu_seconds" else run["wall_seconds"] - store[1]
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -36,8 +57,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, A
         row: dict[str, Any] = {"runs": len(items), "ok": len(good)}
         for metric in ("wall_seconds", "cpu_seconds", "peak_rss", "mib_per_second",
                        "objects_per_second", "cpu_seconds_per_gib", "keys_per_second",
-                       "server_cpu_seconds", "server_kernel_seconds"):
-            values = [r[metric] for r in good if r.get(metric) is not None]
+                       "server_cpu_seconds", "server_kernel_seconds", "store_cpu_seconds",
+                       "beyond_store_seconds"):
+            values = [v for r in good if (v := _derived(r, metric)) is not None]
             if values:
                 row[metric] = median(values)
                 row[f"{metric}_all"] = values
@@ -276,6 +298,7 @@ def markdown(report: dict[str, Any]) -> str:
                  "run to run on this VM (bench/README). Each run's destination is deleted "
                  "just before the next run's clock starts, after that run's setup.\n")
     lines += _copy_table(report)
+    lines += _store_table(report)
     lines += _diff_table(report)
     lines += _scale_table(summary)
     lines.append("\n## Targets\n")
@@ -333,6 +356,40 @@ def _copy_table(report: dict[str, Any]) -> list[str]:
                 f"{_fmt(None if rss is None else rss / MIB, 0)} | "
                 f"{_servers(row)} | {_fmt(wall)} | {_fmt(cpu)} |")
     return lines
+
+
+def store_bound(rows: dict[str, dict[str, Any]]) -> bool:
+    """Every tool's median wall time was spent with the busiest store at 0.85 to 1 core: the
+    store's one interpreter was the bottleneck, whichever tool asked."""
+    shares = [row["store_cpu_seconds"] / row["wall_seconds"] for row in rows.values()
+              if row.get("store_cpu_seconds") is not None and row.get("wall_seconds")]
+    return len(shares) == len(rows) > 1 and all(STORE_BOUND <= x <= 1.0 for x in shares)
+
+
+def _store_table(report: dict[str, Any]) -> list[str]:
+    """For the store-bound workloads, each tool's wall time against the busiest store's CPU."""
+    lines = []
+    for wl in report["workloads"]:
+        rows = report["summary"].get(wl["id"], {})
+        if wl["baseline"] is None or not store_bound(rows):
+            continue
+        names = Counter(store[0] for r in report["runs"] if r["workload"] == wl["id"]
+                        and r["ok"] and (store := busiest_store(r)) is not None)
+        lines += [f"| {wl['id']} | {label} | {_fmt(row['wall_seconds'])} | "
+                  f"{names.most_common(1)[0][0]} {_fmt(row['store_cpu_seconds'])} | "
+                  f"{_fmt(row['beyond_store_seconds'])} |" for label, row in rows.items()]
+    if not lines:
+        return []
+    return ["\n## Store-bound workloads\n",
+            f"Workloads where, for every tool, the busiest store (the S3 emulator that used the "
+            f"most CPU in a run) was busy {STORE_BOUND} to 1 core for the whole wall time "
+            f"(medians). A store's Python work runs on one core at a time (one interpreter): "
+            f"there the store decided the time, and the ratio of walls moves with the store's "
+            f"CPU per request, which moves from run to run on this VM whichever tool asked. "
+            f"Beyond it: wall time minus the store's CPU seconds (median over runs), what the "
+            f"tool's own start and end, and the store's waits for a CPU, added.\n",
+            "| workload | tool | wall s | busiest store, CPU s | beyond it s |",
+            "|---|---|--:|--:|--:|", *lines]
 
 
 def _servers(row: dict[str, Any]) -> str:

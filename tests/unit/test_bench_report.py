@@ -69,3 +69,42 @@ def test_the_markdown_shows_the_interval_and_the_wins() -> None:
     [line] = [x for x in text.splitlines() if x.startswith("| W4b wall time")]
     interval = rows[4]["interval"]
     assert f"| {interval[0]:.2f}-{interval[1]:.2f} | 3/3 |" in line
+
+
+def test_the_busiest_store_and_the_wall_beyond_it() -> None:
+    def copy(variant: str, rep: int, wall: float, store: float) -> dict[str, Any]:
+        return {**run(variant, rep, wall), "server_cpu_by_emulator": {
+            "global": store, "china": 0.01, "queues": 0.3}}
+    runs = [copy("s3ferry", 0, 12.0, 11.7), copy("s3ferry", 1, 9.0, 8.8),
+            copy("s3ferry", 2, 10.0, 9.6), copy("s5cmd", 0, 11.0, 10.6),
+            copy("s5cmd", 1, 10.0, 9.7), copy("s5cmd", 2, 9.5, 9.2),
+            {**run("rclone", 0, 30.0), "server_cpu_by_emulator": {}},  # not measured
+            {**run("rclone", 1, 29.0), "server_cpu_by_emulator": {"global": 28.5}}]
+
+    summary = report.summarize(runs)
+
+    assert report.busiest_store(runs[0]) == ("global", 11.7)
+    assert summary["W4b"]["s3ferry"]["store_cpu_seconds"] == 9.6
+    assert [round(x, 2) for x in summary["W4b"]["s3ferry"]["beyond_store_seconds_all"]] == [
+        0.3, 0.2, 0.4]
+    assert round(summary["W4b"]["s5cmd"]["beyond_store_seconds"], 2) == 0.3
+    assert summary["W4b"]["rclone"]["beyond_store_seconds_all"] == [0.5]  # one of two measured
+    text = report.markdown({"plan": "t", "started": "now", "reps": 3, "summary": summary,
+                            "environment": {"cpus": 2, "loadavg_start": [], "loadavg_end": []},
+                            "targets": [], "runs": runs,
+                            "workloads": [{"id": "W4b", "title": "small", "baseline": "s5cmd"}]})
+    assert "| W4b | s3ferry | 10.00 | global 9.60 | 0.30 |" in text
+    assert "| W4b | s5cmd | 10.00 | global 9.70 | 0.30 |" in text
+    assert "| W4b | rclone | 29.50 | global 28.50 | 0.50 |" in text
+
+
+def test_a_workload_is_store_bound_only_when_every_tool_kept_the_store_near_a_core() -> None:
+    def row(wall: float, store: float) -> dict[str, Any]:
+        return {"wall_seconds": wall, "store_cpu_seconds": store}
+
+    assert report.store_bound({"s3ferry": row(10.0, 9.5), "s5cmd": row(11.0, 10.8)})
+    # the peer left the store idle a third of the time: its own work decided its time
+    assert not report.store_bound({"s3ferry": row(10.0, 9.5), "rclone": row(30.0, 20.0)})
+    # more CPU than wall: the store worked outside its interpreter (kernel, other threads)
+    assert not report.store_bound({"s3ferry": row(1.5, 2.5), "s5cmd": row(1.7, 1.6)})
+    assert not report.store_bound({"s3ferry": row(10.0, 9.5), "s5cmd": {"wall_seconds": 9.0}})
