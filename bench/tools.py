@@ -48,8 +48,14 @@ from s3ferry.localbed import REPO_ROOT, LocalServer, free_port
 # (a job retried): then the end is seen up to SLOW_POLL_SECONDS late, against s3ferry. In a
 # normal run they are the bench's own load on the machine (each GetQueueAttributes costs the
 # queue's emulator and this process a few ms of CPU: about 20 of them in a 10 s W4b run at 0.5).
+# The workers' logs are read every 10 ms only for the fleet's last wave of jobs, before it as
+# often as `next_look` says: read every 10 ms throughout, this process woke 100 times a second
+# in s3ferry's runs only (the peers' exit is looked for every 20 ms, `Child.wait`), beside a
+# store busy on one core.
 SLOW_POLL_SECONDS = 2.0
 DRAIN_POLL_SECONDS = 0.01
+LOOK_MIN_SECONDS = DRAIN_POLL_SECONDS
+LOOK_MAX_SECONDS = 0.25
 FINISHED_JOB = re.compile(rb'"event": "job_(?:copied|skipped|deleted)"')
 READY_TIMEOUT_SECONDS = 120.0
 # The fleet's service and its callers share this bench-only token.
@@ -174,6 +180,10 @@ class Tools:
             "ApproximateNumberOfMessagesDelayed"])["Attributes"]
         return sum(int(v) for v in attrs.values())
 
+    def jobs_at_once(self, workers: int) -> int:
+        """How many jobs a fleet of ``workers`` runs at once (the workers' ``max_jobs``)."""
+        return workers * int(self.worker_env.get("S3FERRY_WORKER__MAX_JOBS", "64"))
+
     def s3ferry_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("S3FERRY_")}
         env.update(self.worker_env)
@@ -237,19 +247,23 @@ class Tools:
         A job logged as finished is not yet acknowledged, so only the queue decides the end;
         a job the logs do not count (retried, vanished) only slows the polling down."""
         counters = [FinishedJobs(w.log) for w in workers]
-        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-        next_poll = time.monotonic()
+        began = time.monotonic()
+        deadline = began + RUN_TIMEOUT_SECONDS
+        next_poll = began
         while True:
             _still_running(workers, "early")
             now = time.monotonic()
-            done = expected is not None and sum(c.count() for c in counters) >= expected
+            finished = sum(c.count() for c in counters)
+            done = expected is not None and finished >= expected
             if done or now >= next_poll:
                 if not self.queue_depth(queue):
                     return time.perf_counter()
                 next_poll = time.monotonic() + SLOW_POLL_SECONDS
             if now > deadline:
                 raise RunFailed(f"queue not drained after {RUN_TIMEOUT_SECONDS} s")
-            time.sleep(DRAIN_POLL_SECONDS)
+            left = None if expected is None else max(0, expected - finished)
+            time.sleep(DRAIN_POLL_SECONDS if done else next_look(
+                left, finished, now - began, wave=self.jobs_at_once(len(workers))))
 
     def run_backfill_dry(self, variant: Variant, src: Side, dst: Side,
                          run_dir: Path) -> RunResult:
@@ -361,6 +375,22 @@ def worker_argv(config: Path, queue: str, dlq: str, run_dir: Path, index: int) -
     return [_bin("s3ferry"), "worker", "--config", str(config), "--queue-url", queue,
             "--dlq-url", dlq, "--no-metrics",
             "--summary-json", str(run_dir / f"worker{index}.summary.json")]
+
+
+def next_look(left: int | None, finished: int, seconds: float, wave: int) -> float:
+    """How long to sleep before reading the workers' logs again, with ``left`` jobs not yet
+    logged, ``finished`` logged in ``seconds``, and ``wave`` jobs run at once by the fleet.
+
+    The last wave may finish all at once (16 large copies do): for it, LOOK_MIN_SECONDS.
+    Before it, a quarter of the time the jobs ahead of the last wave should take at the rate
+    seen so far, within LOOK_MIN_SECONDS..LOOK_MAX_SECONDS. With no count to go by (the
+    backfill did not say), LOOK_MAX_SECONDS: the slow polls of the queue decide the end."""
+    if left is None:
+        return LOOK_MAX_SECONDS
+    ahead = left - wave
+    if ahead <= 0 or not finished or seconds <= 0:
+        return LOOK_MIN_SECONDS
+    return min(LOOK_MAX_SECONDS, max(LOOK_MIN_SECONDS, 0.25 * ahead * seconds / finished))
 
 
 class FinishedJobs:

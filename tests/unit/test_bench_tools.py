@@ -10,7 +10,15 @@ import pytest
 
 from bench.run import Runner, build_plan, parse_args
 from bench.seed import Seeded
-from bench.tools import FinishedJobs, RunResult, Side, _enqueued_jobs
+from bench.tools import (
+    LOOK_MAX_SECONDS,
+    LOOK_MIN_SECONDS,
+    FinishedJobs,
+    RunResult,
+    Side,
+    _enqueued_jobs,
+    next_look,
+)
 from bench.workloads import ObjectSet, Plan, Variant, Workload
 
 
@@ -26,6 +34,23 @@ def test_finished_jobs_are_counted_from_what_the_log_gained(tmp_path: Path) -> N
         fh.write(b'pped", "reason": "already_copied:size"}\n{"event": "job_deleted"}\n')
     assert counter.count() == 3  # the split line counted once, when complete
     assert counter.count() == 3  # nothing new
+
+
+def test_the_logs_are_read_often_only_near_the_end_and_always_for_the_last_wave() -> None:
+    # 5,000 small copies at 400 a second, 64 at a time: early on, the slowest looks
+    assert next_look(4000, 1000, 2.5, wave=64) == LOOK_MAX_SECONDS
+    # 164 left: 100 ahead of the last wave, a quarter of their 0.25 s
+    assert next_look(164, 4836, 12.09, wave=64) == pytest.approx(0.0625)
+    # the last wave, or 16 large copies that may all end at once: every 10 ms
+    assert next_look(64, 4936, 12.3, wave=64) == LOOK_MIN_SECONDS
+    assert next_look(4, 12, 4.5, wave=64) == LOOK_MIN_SECONDS
+    # no job finished yet: no rate to go by, so no long sleep either
+    assert next_look(5000, 0, 0.05, wave=64) == LOOK_MIN_SECONDS
+    # the backfill did not say how many: the slow polls of the queue decide the end
+    assert next_look(None, 10, 1.0, wave=64) == LOOK_MAX_SECONDS
+    # never the sleep that would let the jobs ahead of the last wave end at four times the rate
+    left, finished, seconds = 1000, 500, 1.0
+    assert next_look(left, finished, seconds, wave=64) <= (left - 64) / (4 * finished / seconds)
 
 
 def test_the_expected_job_count_comes_from_the_backfill_summary() -> None:
