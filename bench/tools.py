@@ -39,6 +39,7 @@ import boto3
 
 from bench.measure import Child, Usage
 from bench.workloads import Variant
+from common.settings import WorkerSettings
 from s3ferry.localbed import REPO_ROOT, LocalServer, free_port
 
 # s3ferry's end is an empty queue. The emulator serving the queue shares the two cores with
@@ -182,7 +183,8 @@ class Tools:
 
     def jobs_at_once(self, workers: int) -> int:
         """How many jobs a fleet of ``workers`` runs at once (the workers' ``max_jobs``)."""
-        return workers * int(self.worker_env.get("S3FERRY_WORKER__MAX_JOBS", "64"))
+        default = WorkerSettings.model_fields["max_jobs"].default
+        return workers * int(self.worker_env.get("S3FERRY_WORKER__MAX_JOBS", default))
 
     def s3ferry_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("S3FERRY_")}
@@ -247,6 +249,7 @@ class Tools:
         A job logged as finished is not yet acknowledged, so only the queue decides the end;
         a job the logs do not count (retried, vanished) only slows the polling down."""
         counters = [FinishedJobs(w.log) for w in workers]
+        wave = self.jobs_at_once(len(workers))
         began = time.monotonic()
         deadline = began + RUN_TIMEOUT_SECONDS
         next_poll = began
@@ -263,7 +266,7 @@ class Tools:
                 raise RunFailed(f"queue not drained after {RUN_TIMEOUT_SECONDS} s")
             left = None if expected is None else max(0, expected - finished)
             time.sleep(DRAIN_POLL_SECONDS if done else next_look(
-                left, finished, now - began, wave=self.jobs_at_once(len(workers))))
+                left, finished, now - began, wave=wave))
 
     def run_backfill_dry(self, variant: Variant, src: Side, dst: Side,
                          run_dir: Path) -> RunResult:

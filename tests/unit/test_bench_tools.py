@@ -16,10 +16,12 @@ from bench.tools import (
     FinishedJobs,
     RunResult,
     Side,
+    Tools,
     _enqueued_jobs,
     next_look,
 )
 from bench.workloads import ObjectSet, Plan, Variant, Workload
+from common.settings import WorkerSettings
 
 
 def test_finished_jobs_are_counted_from_what_the_log_gained(tmp_path: Path) -> None:
@@ -51,6 +53,14 @@ def test_the_logs_are_read_often_only_near_the_end_and_always_for_the_last_wave(
     # never the sleep that would let the jobs ahead of the last wave end at four times the rate
     left, finished, seconds = 1000, 500, 1.0
     assert next_look(left, finished, seconds, wave=64) <= (left - 64) / (4 * finished / seconds)
+
+
+def test_the_last_wave_is_the_fleets_jobs_at_once_as_the_workers_read_them() -> None:
+    tools = Tools.__new__(Tools)  # no servers needed to read the worker settings
+    tools.worker_env = {"S3FERRY_WORKER__MAX_JOBS": "16"}
+    assert tools.jobs_at_once(4) == 64
+    tools.worker_env = {}  # unset: the worker's own default, not the bench's
+    assert tools.jobs_at_once(2) == 2 * WorkerSettings().max_jobs
 
 
 def test_the_expected_job_count_comes_from_the_backfill_summary() -> None:
