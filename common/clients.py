@@ -68,7 +68,15 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
 
 
-def botocore_config(ep: Endpoint, *, pool: int | None = None,
+# botocore sends nothing twice for S3: s3ferry retries S3 calls itself, classified, and a
+# CreateMultipartUpload sent again after a lost answer opens a second upload nobody sees.
+# ("max_attempts": 1 would mean one retry; "total_max_attempts" counts the first attempt.)
+# SQS calls keep botocore's standard retries: each is idempotent, or harmless twice.
+_RETRIES = {"s3": {"total_max_attempts": 1, "mode": "standard"},
+            "sqs": {"total_max_attempts": 3, "mode": "standard"}}
+
+
+def botocore_config(ep: Endpoint, *, service: str = "s3", pool: int | None = None,
                     read_timeout: float = READ_TIMEOUT_SECONDS,
                     config_cls: type[Config] = Config) -> Config:
     s3: Any = {"addressing_style": ep.addressing_style}  # botocore's _S3Dict
@@ -80,7 +88,7 @@ def botocore_config(ep: Endpoint, *, pool: int | None = None,
         request_checksum_calculation=ep.checksums,
         response_checksum_validation=ep.checksums,
         max_pool_connections=pool or ep.max_pool_connections,
-        retries={"max_attempts": 1, "mode": "standard"},  # we retry, classified, ourselves
+        retries=_RETRIES.get(service, _RETRIES["s3"]),
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=read_timeout,
         tcp_keepalive=True,
@@ -145,7 +153,7 @@ def sync_client(ep: Endpoint, service: str = "s3") -> Any:
         kwargs["botocore_session"] = botocore.session.Session(session_vars=_NO_PROFILE)
     session: Any = boto3.session.Session(region_name=ep.region, **kwargs)
     return speed_up(session.client(service, endpoint_url=ep.endpoint_url,
-                                   config=botocore_config(ep)))
+                                   config=botocore_config(ep, service=service)))
 
 
 def speed_up(client: Any) -> Any:
@@ -349,7 +357,8 @@ class ClientPool:
                 session = self._session(name)
                 client = await self._stack.enter_async_context(session.client(
                     service, endpoint_url=ep.endpoint_url,
-                    config=botocore_config(ep, pool=self._pool, config_cls=AioConfig)))
+                    config=botocore_config(ep, service=service, pool=self._pool,
+                                           config_cls=AioConfig)))
             except ProfileNotFound as exc:
                 raise ConfigError(f"endpoint {name!r}: {exc}") from exc
             self._clients[key] = speed_up(client)

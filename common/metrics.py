@@ -6,10 +6,16 @@ buckets' prefixes or upload ids.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
+from common.health import Health
 from common.logs import configure_logging, get_logger
 from common.settings import Settings
 
@@ -58,6 +64,9 @@ class WorkerMetrics:
             ["reason"], registry=r)
         self.messages_received = Counter(
             "s3ferry_messages_received_total", "SQS messages received.", registry=r)
+        self.leases_lost = Counter(
+            "s3ferry_leases_lost_total", "Messages given up because their lease could not be "
+            "renewed in time (their jobs were stopped; SQS hands them out again).", registry=r)
         self.jobs_held = Gauge(
             "s3ferry_jobs_held", "Jobs this worker holds: received (a bundle's counted once "
             "read) and not finished. Above max_jobs while the rest of a bundle waits.",
@@ -116,15 +125,37 @@ class DispatcherMetrics:
             "s3ferry_dispatcher_dead_letters_total",
             "Event messages sent to the dead-letter queue, by reason.", ["reason"], registry=r)
 
-def start_process(settings: Settings, registry: CollectorRegistry, *, serve: bool) -> None:
-    """What every long-running s3ferry process does first: logging, then ``/metrics``."""
+def start_process(settings: Settings, registry: CollectorRegistry, *, serve: bool,
+                  health: Health | None = None) -> None:
+    """What every long-running s3ferry process does first: logging, then ``/metrics`` (and
+    ``/healthz``, ``/readyz`` when it has a :class:`~common.health.Health`)."""
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     if serve:
-        port = serve_metrics(registry, host=settings.metrics_host, port=settings.metrics_port)
+        port = serve_metrics(registry, host=settings.metrics_host, port=settings.metrics_port,
+                             health=health)
         get_logger(__name__).info("metrics_serving", port=port, path="/metrics")
 
 
-def serve_metrics(registry: CollectorRegistry, *, host: str, port: int) -> int:
-    """Serve ``/metrics``; port 0 picks a free port. Returns the port actually bound."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes are not worth a log line each."""
+
+
+def serve_metrics(registry: CollectorRegistry, *, host: str, port: int,
+                  health: Health | None = None) -> int:
+    """Serve ``/metrics`` (and the health probes) from a thread; port 0 picks a free port.
+    Returns the port actually bound."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if health is None or path not in ("/healthz", "/readyz"):
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        ok, why = health.live() if path == "/healthz" else health.readiness()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"{why}\n".encode()]
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return int(server.server_address[1])

@@ -88,7 +88,8 @@ def _by_code(exc: BaseException, code: str, text: str,
     if code in _VANISHED_CODES and context == "source":
         return errors.SourceVanished(text)
     simple: dict[str, type[errors.FerryError]] = {
-        "InvalidObjectState": errors.SourceArchived, "NoSuchBucket": errors.NoSuchBucket}
+        "InvalidObjectState": errors.SourceArchived, "NoSuchBucket": errors.NoSuchBucket,
+        "NoSuchUpload": errors.UploadGone}
     simple.update(dict.fromkeys(_CHANGED_CODES, errors.SourceChanged))
     simple.update(dict.fromkeys(_DENIED_CODES, errors.AccessDenied))
     kind = simple.get(code)

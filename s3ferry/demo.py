@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -514,8 +515,8 @@ def scrape(worker: WorkerProcess) -> None:
     try:
         with urllib.request.urlopen(worker.metrics_url, timeout=1) as resp:
             text = resp.read().decode("utf-8", "replace")
-    except (OSError, urllib.error.URLError):
-        return  # not serving yet, or already gone
+    except (OSError, urllib.error.URLError, http.client.HTTPException):
+        return  # not serving yet, or already gone (an answer cut short as it exits)
     worker.scrapes += 1
     worker.last_copied = int(sum(float(v) for v in worker.counter.findall(text)))
 

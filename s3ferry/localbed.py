@@ -165,6 +165,16 @@ def _toml_key(value: str) -> str:
     return value if bare else _toml_str(value)
 
 
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to a file only its owner may read: s3ferry refuses a config file that
+    holds keys and that other users can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)  # a file that existed keeps its mode through os.open
+    return path
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     return _free_ports(1)[0]

@@ -6,13 +6,18 @@
   worker leaves messages visible to other workers. ``max_jobs`` jobs run at once. Several
   receive loops share the room (``receivers``), so receiving is not one round trip per 10
   messages.
-* A message is a lease: a short visibility timeout, extended by one heartbeat loop for every
-  message in flight (ChangeMessageVisibilityBatch), never past SQS's 12 h cap.
+* A message is a lease: a short visibility timeout, renewed every quarter of it by one
+  heartbeat loop for every message in flight (ChangeMessageVisibilityBatch), never past SQS's
+  12 h cap. A lease left unrenewed for half its length is given up: its jobs are cancelled
+  and the message is left alone, for SQS to hand to another worker once the lease ends. So a
+  job is never worked on by two holders of one message, and what a given-up job leaves on
+  the store looks quiet to the next holder (:mod:`worker.multipart`).
 * Acks are batched (DeleteMessageBatch), a few batches in flight at once, and each batch's
   ``Failed`` list is checked.
 * Outcomes: done -> delete; bad message / permanent error / archived source -> dead-letter queue
-  with a ``reason`` attribute, then delete; transient -> release with a backoff, and to the
-  dead-letter queue once ``max_attempts`` receives are spent; vanished source -> recorded, delete.
+  with a ``reason`` attribute, then delete; transient -> release with a backoff (at least the
+  error's ``retry_after``), and to the dead-letter queue once ``max_attempts`` receives are
+  spent; vanished source -> recorded, delete.
 * A bundle's jobs each get their own outcome: a job for the dead-letter queue goes there alone
   (as a single job); jobs to try again go back onto the queue in a new, delayed bundle that
   carries their attempts; then the bundle is deleted. If that send fails, the whole bundle is
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter, deque
@@ -36,14 +42,16 @@ import structlog
 
 from common.errors import (
     BadMessage,
+    FerryError,
     GiveUp,
     Redeliver,
     RetryNow,
     SourceArchived,
     SourceVanished,
 )
+from common.health import Health
 from common.jobs import Bundle, CopyJob, DeleteJob, decode, decode_item, encode_bundle, item_body
-from common.limits import SQS_MAX_BATCH, SQS_MAX_VISIBILITY
+from common.limits import SQS_MAX_BATCH, SQS_MAX_DELAY, SQS_MAX_VISIBILITY
 from common.logs import get_logger, scrub_text
 from common.metrics import WorkerMetrics
 from common.settings import WorkerSettings
@@ -76,6 +84,8 @@ class Lease:
     receive_count: int
     weight: float = 1.0  # jobs of this message counted in the worker's load, not yet done
     received_at: float = field(default_factory=time.monotonic)
+    expires: float = 0.0  # time.monotonic() when SQS may hand the message to someone else
+    watchdog: asyncio.TimerHandle | None = None  # gives the lease up if not renewed
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class Outcome:
     route: str = "-"
     reason: str = ""
     error: str = ""
+    retry_after: float = 0.0  # "retry": not before this many seconds
 
 
 @dataclass
@@ -113,8 +124,10 @@ class Summary:
 
 class Consumer:
     def __init__(self, *, sqs: Any, queue_url: str, dlq_url: str, replicator: Replicator,
-                 settings: WorkerSettings, metrics: WorkerMetrics) -> None:
+                 settings: WorkerSettings, metrics: WorkerMetrics,
+                 health: Health | None = None) -> None:
         self._sqs = sqs
+        self._health = health or Health()
         self._queue_url = queue_url
         self._dlq_url = dlq_url
         self._replicator = replicator
@@ -138,6 +151,7 @@ class Consumer:
         """Begin a clean shutdown (called from the SIGTERM handler)."""
         if not self._stopping.is_set():
             log.info("shutdown_requested", in_flight=len(self._tasks))
+            self._health.not_ready("draining")
             self._stopping.set()
 
     # -- main loop ------------------------------------------------------------------------
@@ -210,12 +224,14 @@ class Consumer:
             if room is None:
                 break
             n, each = room
+            sent_at = time.monotonic()
             try:
                 messages = await self._until_stopped(self._receive(n))
                 failures = 0
             except Exception as exc:
                 self._give_back(n * each)
                 failures += 1
+                self._health.not_ready(f"ReceiveMessage failed {failures} time(s)")
                 log.warning("receive_failed", error=scrub_text(str(exc)), failures=failures)
                 await self._until_stopped(asyncio.sleep(min(30.0, 0.5 * 2 ** failures)))
                 continue
@@ -226,7 +242,7 @@ class Consumer:
             if messages:
                 idle = 0
                 for message in messages:
-                    self._start(message, each)
+                    self._start(message, each, sent_at)
                 await asyncio.sleep(0)  # let them read their messages: the next estimate
             elif not self._tasks:
                 idle += 1
@@ -284,6 +300,7 @@ class Consumer:
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
             MessageAttributeNames=["All"])
         messages: list[dict[str, Any]] = response.get("Messages", [])
+        self._health.ready()
         self._metrics.messages_received.inc(len(messages))
         return messages
 
@@ -293,15 +310,18 @@ class Consumer:
         return Lease(message["MessageId"], message["ReceiptHandle"], message.get("Body", ""),
                      count, weight)
 
-    def _start(self, message: dict[str, Any], weight: float) -> None:
+    def _start(self, message: dict[str, Any], weight: float, sent_at: float) -> None:
         lease = self._lease(message, weight)
         task = asyncio.create_task(self._handle(lease))
         self._tasks[task] = lease
         task.add_done_callback(self._finished)
+        self._leased_until(lease, task, sent_at + self._settings.visibility_timeout)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         lease = self._tasks.pop(task, None)
         if lease is not None:
+            if lease.watchdog is not None:
+                lease.watchdog.cancel()
             self._give_back(lease.weight)
 
     # -- one message ----------------------------------------------------------------------
@@ -350,20 +370,20 @@ class Consumer:
             self._record(route, "archived" if isinstance(exc, SourceArchived) else "failed")
             return Outcome("dead", route, exc.reason, str(exc))
         except (Redeliver, RetryNow) as exc:
-            return self._failed_attempt(route, exc.reason, str(exc), final)
+            return self._failed_attempt(route, exc, final)
         except Exception as exc:  # a bug of ours: never crash the worker on one job
             log.exception("job_crashed")
-            return self._failed_attempt(route, "internal_error",
-                                        f"{type(exc).__name__}: {exc}", final)
+            return self._failed_attempt(route, FerryError(
+                f"{type(exc).__name__}: {exc}", reason="internal_error"), final)
         self._succeeded(route, result)
         return Outcome("ack", route)
 
-    def _failed_attempt(self, route: str, reason: str, error: str, final: bool) -> Outcome:
+    def _failed_attempt(self, route: str, exc: FerryError, final: bool) -> Outcome:
         if final:
             self._record(route, "failed")
-            return Outcome("dead", route, "retries_exhausted", f"{reason}: {error}")
+            return Outcome("dead", route, "retries_exhausted", f"{exc.reason}: {exc}")
         self._record(route, "retried")
-        return Outcome("retry", route, reason, error)
+        return Outcome("retry", route, exc.reason, str(exc), exc.retry_after)
 
     async def _settle(self, lease: Lease, outcome: Outcome) -> None:
         """A single job's message: delete it, dead-letter it, or let it come back later."""
@@ -372,14 +392,17 @@ class Consumer:
         elif outcome.action == "dead":
             await self._dead_letter(lease, outcome.reason, outcome.error, route=outcome.route)
         else:
-            delay = self._backoff(lease.receive_count)
+            delay = self._backoff(lease.receive_count, outcome.retry_after)
             log.info("job_released", reason=outcome.reason,
                      error=error_text(outcome.error), retry_in=delay)
             await self._release(lease, delay=delay)
 
-    def _backoff(self, attempt: int) -> int:
-        return min(self._settings.visibility_timeout,
-                   int(random.uniform(1, 2 ** min(attempt, 8))))
+    def _backoff(self, attempt: int, at_least: float = 0.0) -> int:
+        """Seconds before a job tried ``attempt`` times is tried again: jittered, growing,
+        at most a lease, but never less than ``at_least`` (what the failure asked for)."""
+        jittered = min(self._settings.visibility_timeout,
+                       int(random.uniform(1, 2 ** min(attempt, 8))))
+        return min(SQS_MAX_DELAY, max(jittered, math.ceil(at_least)))
 
     # -- a bundle -------------------------------------------------------------------------
 
@@ -393,9 +416,11 @@ class Consumer:
                 if o.action == "dead"]
         again = [item for item, o in zip(bundle.jobs, outcomes, strict=True)
                  if o.action == "retry"]
+        at_least = max((o.retry_after for o in outcomes if o.action == "retry"), default=0.0)
         again += await asyncio.shield(self._dead_letter_jobs(lease, bundle, attempt, dead))
-        if again and not await asyncio.shield(self._requeue(bundle, again, attempt)):
-            await asyncio.shield(self._release(lease, delay=self._backoff(attempt)))
+        delay = self._backoff(attempt, at_least)
+        if again and not await asyncio.shield(self._requeue(bundle, again, attempt, delay)):
+            await asyncio.shield(self._release(lease, delay=delay))
             return
         await asyncio.shield(self._ack(lease))
 
@@ -413,9 +438,9 @@ class Consumer:
         finally:
             self._job_done(lease)
 
-    async def _requeue(self, bundle: Bundle, items: list[Any], attempt: int) -> bool:
+    async def _requeue(self, bundle: Bundle, items: list[Any], attempt: int,
+                       delay: int) -> bool:
         """Put jobs to try again back onto the queue, delayed, with the attempts they had."""
-        delay = self._backoff(attempt)
         body = encode_bundle([item_body(i) for i in items], bundle_id=bundle.id,
                              attempts=attempt, limit=bundle.limit)
         try:
@@ -566,26 +591,52 @@ class Consumer:
     # -- leases ---------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        interval = max(1.0, self._settings.visibility_timeout / 3)
+        interval = max(1.0, self._settings.visibility_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            leases = [lease for lease in self._tasks.values()
+            leases = [(task, lease) for task, lease in self._tasks.items()
                       if time.monotonic() - lease.received_at < SQS_MAX_VISIBILITY - 60]
             for i in range(0, len(leases), SQS_MAX_BATCH):
                 await self._extend(leases[i:i + SQS_MAX_BATCH])
 
-    async def _extend(self, leases: list[Lease]) -> None:
+    async def _extend(self, leases: list[tuple[asyncio.Task[None], Lease]]) -> None:
+        lease_seconds = self._settings.visibility_timeout
         entries = [{"Id": str(i), "ReceiptHandle": lease.receipt,
-                    "VisibilityTimeout": self._settings.visibility_timeout}
-                   for i, lease in enumerate(leases)]
+                    "VisibilityTimeout": lease_seconds}
+                   for i, (_, lease) in enumerate(leases)]
+        sent_at = time.monotonic()
         try:
-            response = await self._sqs.change_message_visibility_batch(
-                QueueUrl=self._queue_url, Entries=entries)
+            async with asyncio.timeout(lease_seconds / 4):
+                response = await self._sqs.change_message_visibility_batch(
+                    QueueUrl=self._queue_url, Entries=entries)
         except Exception as exc:
             log.warning("heartbeat_failed", error=scrub_text(str(exc)))
             return
-        for failure in response.get("Failed", []):
-            log.warning("heartbeat_entry_failed", code=failure.get("Code"))
+        failed = {int(f["Id"]): f.get("Code") for f in response.get("Failed", [])}
+        for i, (task, lease) in enumerate(leases):
+            if i in failed:
+                log.warning("heartbeat_entry_failed", code=failed[i])
+            elif not task.done():
+                self._leased_until(lease, task, sent_at + lease_seconds)
+
+    def _leased_until(self, lease: Lease, task: asyncio.Task[None], expires: float) -> None:
+        """The message is ours until ``expires``: give it up when half its lease is left
+        unrenewed, so whoever SQS hands it to next finds our work stopped and quiet."""
+        lease.expires = expires
+        if lease.watchdog is not None:
+            lease.watchdog.cancel()
+        give_up_at = expires - self._settings.visibility_timeout / 2
+        loop = asyncio.get_running_loop()
+        lease.watchdog = loop.call_at(loop.time() + give_up_at - time.monotonic(),
+                                      self._lease_lost, lease, task)
+
+    def _lease_lost(self, lease: Lease, task: asyncio.Task[None]) -> None:
+        if task.done() or self._tasks.get(task) is not lease:
+            return
+        self._metrics.leases_lost.inc()
+        log.warning("lease_lost", message_id=lease.message_id,
+                    held_seconds=round(time.monotonic() - lease.received_at, 1))
+        task.cancel()  # nothing is settled: the message is no longer ours to settle
 
     # -- shutdown -------------------------------------------------------------------------
 

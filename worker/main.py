@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from common import heap
 from common.clients import ClientPool
 from common.errors import ConfigError
+from common.health import Health
 from common.limits import MIB
 from common.logs import get_logger, scrub_text
 from common.metrics import WorkerMetrics, start_process
@@ -65,15 +66,28 @@ async def warm_up(s3: WireClients, names: Sequence[str]) -> None:
 async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None,
                      consumer_ready: asyncio.Future[Consumer] | None = None,
                      replicator_cls: type[Replicator] = Replicator,
-                     on_started: Callable[[], object] | None = None) -> Summary:
+                     on_started: Callable[[], object] | None = None,
+                     health: Health | None = None) -> Summary:
     """Run until SIGTERM/SIGINT (or idle, with ``exit_when_idle``); return what was done.
 
     ``on_started`` runs once the clients are open, before the first receive (the command
     line freezes the start-up heap there: :mod:`common.heap`)."""
     if not settings.queue_url or not settings.dlq_url:
         raise ConfigError("S3FERRY_QUEUE_URL and S3FERRY_DLQ_URL must be set")
-    w = settings.worker
     metrics = metrics or WorkerMetrics()
+    health = health or Health()
+    beating = asyncio.create_task(health.keep_beating())
+    try:
+        return await _run(settings, metrics, health, consumer_ready, replicator_cls, on_started)
+    finally:
+        beating.cancel()
+
+
+async def _run(settings: Settings, metrics: WorkerMetrics, health: Health,
+               consumer_ready: asyncio.Future[Consumer] | None,
+               replicator_cls: type[Replicator],
+               on_started: Callable[[], object] | None) -> Summary:
+    w = settings.worker
     retry = RetryPolicy(attempts=w.retry_attempts, max_seconds=w.retry_max_seconds)
     pool = w.max_parts + w.max_jobs
     async with (ClientPool(settings.endpoints, pool=pool) as clients,
@@ -83,11 +97,12 @@ async def run_worker(settings: Settings, *, metrics: WorkerMetrics | None = None
         budget = ByteBudget(units=w.max_parts, unit_bytes=w.part_size)
         transfer = Transfer(budget=budget, metrics=metrics, retry=retry,
                             request_timeout=w.request_timeout,
-                            copy_budget=copy_budget_from(w))
+                            copy_budget=copy_budget_from(w),
+                            upload_quiet=w.visibility_timeout / 2)
         replicator = replicator_cls(clients=s3, transfer=transfer,
                                 limits=limits_from(settings, budget), metrics=metrics, retry=retry)
         consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,
-                            replicator=replicator, settings=w, metrics=metrics)
+                            replicator=replicator, settings=w, metrics=metrics, health=health)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, consumer.stop)
@@ -143,9 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"s3ferry worker: {exc}", file=sys.stderr)
         return 2
     metrics = WorkerMetrics()
-    start_process(settings, metrics.registry, serve=not args.no_metrics)
+    health = Health()
+    start_process(settings, metrics.registry, serve=not args.no_metrics, health=health)
     try:
-        summary = asyncio.run(run_worker(settings, metrics=metrics, on_started=heap.freeze))
+        summary = asyncio.run(run_worker(settings, metrics=metrics, on_started=heap.freeze,
+                                         health=health))
     except ConfigError as exc:
         print(f"s3ferry worker: {exc}", file=sys.stderr)
         return 2

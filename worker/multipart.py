@@ -1,26 +1,61 @@
-"""A multipart upload as an async context manager: acquire, then register cleanup at once.
+"""A multipart upload as an async context manager, with an owner.
 
-On entry it adopts an earlier upload of the same key when the caller allows (a worker killed
-mid-copy left it), otherwise creates one. On exit without :meth:`complete` it aborts when the
-failure is final and keeps the upload when the job will be redelivered, so the next attempt
-continues from the parts already there instead of starting over.
+An upload belongs to the attempt that created or adopted it, and only while that attempt
+runs; it ends completed, aborted, or kept for the job's next attempt. On entry an attempt
+looks at every upload already open on its key. Each was left by a worker that was killed, by
+an attempt that failed and kept it, or is being driven right now by another worker holding
+a duplicate of the job. The store's clocks tell them apart (:func:`settle`):
+
+* **quiet** uploads (nothing started or uploaded for ``quiet`` seconds, half a lease) have
+  no live driver: a worker renews its lease every quarter of it and gives up a job whose lease
+  went unrenewed for half of it (:mod:`worker.consumer`), so whoever holds the job now holds
+  it alone. The newest quiet upload whose parts provably hold this source version is adopted;
+  every other quiet one is aborted.
+* an upload that is **not quiet** may have a live driver, and two drivers must never complete
+  one upload. The attempt steps back (:class:`~common.errors.UploadBusy`, retried once the
+  upload would be quiet) unless it is the job's last attempt: then it aborts the upload and
+  goes on; a live driver finds its upload gone and re-checks the destination.
+
+On exit without :meth:`MultipartUpload.complete` the upload is aborted when the failure is
+final or the attempt was the last, and kept otherwise: the error then carries
+``retry_after = quiet``, so the next attempt finds it quiet and continues from its parts.
+:func:`clear_quiet` aborts what a job's last attempt leaves when it ends without a multipart
+copy of its own (skipped, vanished, dead-lettered).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from common.checksums import PartChecksum, from_wire
-from common.errors import FerryError, GiveUp, Outcome, SourceChanged
+from common.errors import (
+    AnswerLost,
+    FerryError,
+    GiveUp,
+    Outcome,
+    SourceChanged,
+    UploadBusy,
+    UploadGone,
+)
 from common.logs import get_logger
-from common.s3errors import classify, error_code
 
 log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class Call(Protocol):
+    """:meth:`worker.transfer.Transfer.call`: one S3 call, classified, retried when transient
+    (unless ``idempotent`` is False and the answer may have been lost), counted."""
+
+    def __call__(self, operation: str, context: str, fn: Callable[[], Awaitable[T]], *,
+                 idempotent: bool = True) -> Awaitable[T]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,108 +79,196 @@ def final_failure(exc: BaseException | None) -> bool:
         isinstance(exc, FerryError) and getattr(exc, "final", False))
 
 
-class MultipartUpload:
-    """One destination upload: ``async with MultipartUpload(...) as up: ...; await up.complete()``.
+@dataclass(frozen=True)
+class OpenUpload:
+    """An upload found open on the key, and how long it has been idle by the store's clock."""
 
-    ``may_resume(initiated)`` decides whether an existing upload started at ``initiated`` may
-    be continued; ``expected_sizes`` maps part number to planned length, and a found part of
-    another length is not reused.
-    """
+    upload_id: str
+    initiated: datetime
+    idle_seconds: float
+    parts: tuple[dict[str, Any], ...] = ()
 
-    def __init__(self, client: Any, *, bucket: str, key: str, create_args: dict[str, Any],
-                 algorithm: str | None, expected_sizes: dict[int, int],
-                 may_resume: Callable[[datetime], bool] | None = None,
-                 abort_always: bool = False) -> None:
-        self._client = client
+
+@dataclass(frozen=True)
+class Settlement:
+    """What to do with the uploads open on a key (:func:`settle`)."""
+
+    adopt: OpenUpload | None = None
+    abort: tuple[OpenUpload, ...] = ()
+    busy_for: float = 0.0  # > 0: step back this many seconds, a live driver may hold one
+
+
+def settle(found: Sequence[OpenUpload], *, quiet: float, last_attempt: bool,
+           provable: Callable[[OpenUpload], bool]) -> Settlement:
+    """Pure: adopt the newest quiet provable upload, abort the other quiet ones; uploads that
+    are not quiet make the attempt step back, or on its last attempt are aborted too."""
+    busy = [u for u in found if u.idle_seconds < quiet]
+    if busy and not last_attempt:
+        wait = quiet - min(u.idle_seconds for u in busy)
+        return Settlement(abort=tuple(u for u in found if u not in busy and not provable(u)),
+                          busy_for=max(1.0, wait))
+    adopt = next((u for u in sorted(found, key=lambda u: u.initiated, reverse=True)
+                  if u not in busy and provable(u)), None)
+    return Settlement(adopt=adopt, abort=tuple(u for u in found if u is not adopt))
+
+
+def _store_now(response: dict[str, Any]) -> datetime:
+    """The store's clock, from its answer's Date header (ours if it sent none)."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date) if date else datetime.now(UTC)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+
+
+class OpenUploads:
+    """Lists, inspects and aborts the uploads open on one destination key."""
+
+    def __init__(self, client: Any, call: Call, *, bucket: str, key: str) -> None:
+        self.client = client
+        self.call = call
         self.bucket = bucket
         self.key = key
-        self._create_args = create_args
-        self.algorithm = algorithm
-        self._expected = expected_sizes
-        self._may_resume = may_resume
-        self._abort_always = abort_always
-        self.upload_id = ""
-        self.resumed = False
-        self.existing: dict[int, UploadedPart] = {}
-        self._completed = False
+
+    async def find(self) -> list[OpenUpload]:
+        """Every upload open on exactly this key, with its parts and idle time."""
+        try:
+            response = await self.call("ListMultipartUploads", "destination", partial(
+                self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self.key))
+        except UploadGone:  # rclone's answer for "none in progress"
+            return []
+        found = []
+        for upload in response.get("Uploads", []):
+            if upload["Key"] != self.key:
+                continue
+            listed = await self._parts(upload["UploadId"])
+            if listed is None:  # completed or aborted meanwhile
+                continue
+            parts, now = listed
+            active = max([upload["Initiated"], *(p["LastModified"] for p in parts
+                                                 if p.get("LastModified"))])
+            found.append(OpenUpload(upload["UploadId"], upload["Initiated"],
+                                    (now - active).total_seconds(), tuple(parts)))
+        return found
+
+    async def _parts(self, upload_id: str) -> tuple[list[dict[str, Any]], datetime] | None:
+        parts: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "UploadId": upload_id}
+        while True:
+            try:
+                response = await self.call("ListParts", "destination",
+                                            partial(self.client.list_parts, **kwargs))
+            except UploadGone:
+                return None
+            parts.extend(response.get("Parts", []))
+            if not response.get("IsTruncated"):
+                return parts, _store_now(response)
+            kwargs["PartNumberMarker"] = response["NextPartNumberMarker"]
+
+    async def abort(self, upload_id: str) -> None:
+        """Abort one upload; one already gone is fine. Other failures propagate: an upload
+        that cannot be aborted now is left for the job's next attempt, not forgotten."""
+        try:
+            await self.call("AbortMultipartUpload", "destination", partial(
+                self.client.abort_multipart_upload, Bucket=self.bucket, Key=self.key,
+                UploadId=upload_id))
+        except UploadGone:
+            return
+        log.info("upload_aborted")
+
+
+async def clear_quiet(uploads: OpenUploads, *, quiet: float) -> int:
+    """Abort the quiet uploads open on the key (what killed attempts left); returns how many."""
+    found = [u for u in await uploads.find() if u.idle_seconds >= quiet]
+    for upload in found:
+        await uploads.abort(upload.upload_id)
+    return len(found)
+
+
+@dataclass
+class MultipartUpload:
+    """One destination upload: ``async with MultipartUpload(...) as up: ...; await
+    up.complete(...)``.
+
+    ``may_resume(initiated)`` says whether an upload started at ``initiated`` may hold parts of
+    this source version (None: never adopt); ``expected_sizes`` maps part number to planned
+    length, and a found part of another length is not reused. ``last_attempt``: the job will
+    not be tried again, so nothing is kept and no live driver is waited for.
+    """
+
+    uploads: OpenUploads
+    create_args: dict[str, Any]
+    algorithm: str | None
+    expected_sizes: dict[int, int]
+    quiet: float
+    may_resume: Callable[[datetime], bool] | None = None
+    last_attempt: bool = False
+    upload_id: str = ""
+    resumed: bool = False
+    existing: dict[int, UploadedPart] = field(default_factory=dict)
+    _completed: bool = False
+
+    @property
+    def bucket(self) -> str:
+        return self.uploads.bucket
+
+    @property
+    def key(self) -> str:
+        return self.uploads.key
 
     async def __aenter__(self) -> MultipartUpload:
-        if self._may_resume is not None and await self._adopt():
+        found = await self.uploads.find()
+        plan = settle(found, quiet=self.quiet, last_attempt=self.last_attempt,
+                      provable=self._provable)
+        for upload in plan.abort:
+            await self.uploads.abort(upload.upload_id)
+        if plan.busy_for:
+            log.info("upload_busy", retry_in=round(plan.busy_for, 1))
+            raise UploadBusy("another attempt may be writing this key", retry_after=plan.busy_for)
+        if plan.adopt is not None:
+            self._adopt(plan.adopt)
             return self
-        try:
-            response = await self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key, **self._create_args)
-        except Exception as exc:
-            raise classify(exc, operation="CreateMultipartUpload",
-                           context="destination") from exc
+        try:  # not sent again when its answer is lost: that would open a second upload
+            response = await self.uploads.call("CreateMultipartUpload", "destination", partial(
+                self.uploads.client.create_multipart_upload, Bucket=self.bucket,
+                Key=self.key, **self.create_args), idempotent=False)
+        except AnswerLost as exc:  # the next attempt finds it, quiet, and takes it over
+            exc.retry_after = max(exc.retry_after, self.quiet)
+            raise
         self.upload_id = response["UploadId"]
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._completed:
+        if self._completed or not self.upload_id or isinstance(exc, UploadGone):
             return
-        if exc is None or self._abort_always or final_failure(exc):
-            await asyncio.shield(self.abort())
-        else:
-            log.info("upload_kept_for_resume", upload_parts=len(self.existing),
-                     error=type(exc).__name__)
+        if exc is None or self.last_attempt or self.may_resume is None or final_failure(exc):
+            await asyncio.shield(self._abort_quietly())  # nobody could continue it
+            return
+        if isinstance(exc, FerryError):
+            exc.retry_after = max(exc.retry_after, self.quiet)
+        log.info("upload_kept_for_resume", upload_parts=len(self.existing),
+                 error=type(exc).__name__)
 
-    async def abort(self) -> None:
+    async def _abort_quietly(self) -> None:
         try:
-            await self._client.abort_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-        except Exception as exc:  # best effort: a lifecycle rule catches leftovers
-            log.warning("upload_abort_failed", error=str(classify(
-                exc, operation="AbortMultipartUpload", context="destination")))
+            await self.uploads.abort(self.upload_id)
+        except Exception as exc:  # left open: the job's next attempt finds it quiet
+            log.warning("upload_abort_failed", error=str(exc))
 
-    async def _adopt(self) -> bool:
-        try:
-            response = await self._client.list_multipart_uploads(
-                Bucket=self.bucket, Prefix=self.key)
-        except Exception as exc:
-            if error_code(exc) == "NoSuchUpload":  # rclone's answer for "none in progress"
-                return False
-            raise classify(exc, operation="ListMultipartUploads",
-                           context="destination") from exc
-        candidates = [u for u in response.get("Uploads", []) if u["Key"] == self.key]
-        candidates.sort(key=lambda u: u["Initiated"], reverse=True)
-        assert self._may_resume is not None
-        for upload in candidates:
-            if not self._may_resume(upload["Initiated"]):
-                continue
-            parts = await self._list_parts(upload["UploadId"])
-            if parts is None:
-                continue
-            self.upload_id = upload["UploadId"]
-            self.existing = parts
-            self.resumed = True
-            log.info("upload_resumed", parts_found=len(parts))
-            return True
-        return False
+    def _provable(self, upload: OpenUpload) -> bool:
+        return self.may_resume is not None and self.may_resume(upload.initiated)
 
-    async def _list_parts(self, upload_id: str) -> dict[int, UploadedPart] | None:
-        found: dict[int, UploadedPart] = {}
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "UploadId": upload_id}
-        while True:
-            try:
-                response = await self._client.list_parts(**kwargs)
-            except Exception as exc:
-                err = classify(exc, operation="ListParts", context="destination")
-                if "NoSuchUpload" in str(err):
-                    return None
-                raise err from exc
-            for p in response.get("Parts", []):
-                part = self._reusable(p)
-                if part is not None:
-                    found[part.number] = part
-            if not response.get("IsTruncated"):
-                return found
-            kwargs["PartNumberMarker"] = response["NextPartNumberMarker"]
+    def _adopt(self, upload: OpenUpload) -> None:
+        self.upload_id = upload.upload_id
+        self.existing = {p.number: p for p in map(self._reusable, upload.parts)
+                         if p is not None}
+        self.resumed = True
+        log.info("upload_resumed", parts_found=len(self.existing))
 
     def _reusable(self, p: dict[str, Any]) -> UploadedPart | None:
         number, size = int(p["PartNumber"]), int(p["Size"])
-        if self._expected.get(number) != size or not p.get("ETag"):
+        if self.expected_sizes.get(number) != size or not p.get("ETag"):
             return None
         wire = p.get(f"Checksum{self.algorithm}") if self.algorithm else None
         if self.algorithm and not wire:
@@ -156,14 +279,12 @@ class MultipartUpload:
 
     async def complete(self, parts: list[UploadedPart], *,
                        extra: dict[str, Any]) -> dict[str, Any]:
+        """Complete with ``parts``; raises UploadGone when the upload is no longer there."""
         ordered = sorted(parts, key=lambda p: p.number)
-        try:
-            response: dict[str, Any] = await self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": [p.completed(self.algorithm) for p in ordered]},
-                **extra)
-        except Exception as exc:
-            raise classify(exc, operation="CompleteMultipartUpload",
-                           context="destination") from exc
+        response: dict[str, Any] = await self.uploads.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+            MultipartUpload={"Parts": [p.completed(self.algorithm) for p in ordered]},
+            **extra)
         self._completed = True
         return response
+

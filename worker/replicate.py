@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from common.errors import SourceChanged, VerificationFailed
+from common.errors import (
+    FerryError,
+    GiveUp,
+    Outcome,
+    SourceChanged,
+    UploadGone,
+    VerificationFailed,
+)
 from common.fingerprint import SEQUENCER, holds_copy, newer_than
 from common.jobs import CopyJob, DeleteJob
 from common.limits import MAX_COPY_OBJECT
@@ -31,6 +38,7 @@ from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy
 from common.s3errors import head_or_none
 from worker.metadata import direct_copy_args, write_args
+from worker.multipart import clear_quiet
 from worker.planner import Limits, Strategy, fits_layout, plan
 from worker.source import ARCHIVE_CLASSES, ByteSource, S3Source, SourceObject
 from worker.transfer import Destination, Transfer, Written, most_significant
@@ -102,6 +110,40 @@ class Replicator:
 
     async def copy(self, job: CopyJob, *, final_attempt: bool,
                    first_attempt: bool = False) -> JobResult:
+        """Copy one object. A job that was tried before also leaves no quiet multipart upload
+        on its key when it ends (a killed attempt's), whatever the way it ends."""
+        if first_attempt:
+            return await self._copy(job, final_attempt=final_attempt, first_attempt=True)
+        try:
+            result = await self._copy(job, final_attempt=final_attempt)
+        except (GiveUp, Outcome):
+            await self._clear_leftovers(job, final_attempt=True)
+            raise
+        except FerryError:
+            if final_attempt:
+                await self._clear_leftovers(job, final_attempt=True)
+            raise
+        if not Strategy(result.strategy or Strategy.SERVER_COPY).multipart:
+            await self._clear_leftovers(job, final_attempt=final_attempt)
+        return result
+
+    async def _clear_leftovers(self, job: CopyJob, *, final_attempt: bool) -> None:
+        """Abort the quiet uploads open on the job's key. A failure to look is the job's
+        failure (its next attempt clears them), but never turns a last attempt's outcome
+        into another one."""
+        ref = job.destination
+        uploads = self._transfer.open_uploads(Destination(
+            client=await self._clients.get(ref.endpoint),
+            endpoint=self._clients.endpoint(ref.endpoint), bucket=ref.bucket, key=ref.key))
+        try:
+            await clear_quiet(uploads, quiet=self._transfer.upload_quiet)
+        except FerryError as exc:
+            if not final_attempt:
+                raise
+            log.warning("leftover_uploads_not_cleared", error=str(exc))
+
+    async def _copy(self, job: CopyJob, *, final_attempt: bool,
+                    first_attempt: bool = False) -> JobResult:
         started = time.monotonic()
         src_ep = self._clients.endpoint(job.source.endpoint)  # unknown names fail first
         dst_ep = self._clients.endpoint(job.destination.endpoint)
@@ -125,7 +167,8 @@ class Replicator:
                                               trust_absent=trust_absent)
         src = await self._transfer.call("HeadObject", "source", source.head)
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
-        if skipped := self._skip(job, src, head, same_store=src_ep.same_store(dst_ep)):
+        same_store = src_ep.same_store(dst_ep)
+        if skipped := self._skip(job, src, head, same_store=same_store):
             return skipped
         layout = src.part_size if src.composite_layout() and fits_layout(
             src.size, src.part_size, src.parts_count) else None
@@ -133,9 +176,24 @@ class Replicator:
                         layout=layout)
         tags = await self._tags(source, src) if with_tags else None
         args = write_args(src, job, dst_ep, tags=tags)
-        written = await self._transfer.execute(the_plan, source, src, dest, args,
-                                               final_attempt=final_attempt)
+        try:
+            written = await self._transfer.execute(the_plan, source, src, dest, args,
+                                                   final_attempt=final_attempt)
+        except UploadGone:
+            return await self._after_upload_gone(job, src, dest, same_store=same_store)
         return await self._finish(dest, src, written, the_plan.strategy.value, started)
+
+    async def _after_upload_gone(self, job: CopyJob, src: SourceObject, dest: Destination, *,
+                                 same_store: bool) -> JobResult:
+        """Our upload was completed or aborted under us: by another attempt of this job that
+        won a race, or by our own Complete whose answer was lost. Whoever wrote the
+        destination, it may already hold this copy; if not, the job is tried again."""
+        head = await self._head_destination(dest.client, dest.bucket, dest.key)
+        if skipped := self._skip(job, src, head, same_store=same_store):
+            log.info("upload_race_lost", reason=skipped.reason)
+            return skipped
+        raise UploadGone("our multipart upload is gone and the destination does not hold the "
+                         "copy")
 
     async def _copy_small(self, job: CopyJob, source: ByteSource, dest: Destination,
                           with_tags: bool, started: float, *, trust_absent: bool) -> JobResult:

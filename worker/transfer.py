@@ -30,13 +30,21 @@ from functools import partial
 from typing import Any, TypeVar
 
 from common import checksums
-from common.errors import FerryError, GiveUp, Outcome, Redeliver, RetryNow, SourceChanged
+from common.errors import (
+    AnswerLost,
+    FerryError,
+    GiveUp,
+    Outcome,
+    Redeliver,
+    RetryNow,
+    SourceChanged,
+)
 from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy, retrying
 from common.s3errors import classify, error_code
 from common.settings import Endpoint
 from worker.budget import ByteBudget
-from worker.multipart import MultipartUpload, UploadedPart
+from worker.multipart import MultipartUpload, OpenUploads, UploadedPart
 from worker.planner import Part, Plan, Strategy, split
 from worker.source import BufferBody, ByteSource, SourceObject
 
@@ -151,16 +159,21 @@ class Transfer:
 
     def __init__(self, *, budget: ByteBudget, metrics: WorkerMetrics,
                  retry: RetryPolicy, request_timeout: float = 300.0,
-                 copy_budget: ByteBudget | None = None) -> None:
+                 copy_budget: ByteBudget | None = None, upload_quiet: float = 30.0) -> None:
         self._budget = budget
         self._copy_budget = copy_budget
         self._timeout = request_timeout
         self._metrics = metrics
         self._retry_policy = retry
+        self.upload_quiet = upload_quiet  # seconds: see worker.multipart
 
-    async def call(self, operation: str, context: str,
-                    fn: Callable[[], Awaitable[T]]) -> T:
-        """One S3 call, classified, retried when transient, counted when it fails."""
+    async def call(self, operation: str, context: str, fn: Callable[[], Awaitable[T]], *,
+                   idempotent: bool = True) -> T:
+        """One S3 call, classified, retried when transient, counted when it fails.
+
+        A call that is not ``idempotent`` is not sent again when its answer may have been
+        lost (a reset or a timeout after sending): that raises AnswerLost instead.
+        """
         requests = self._metrics.s3_requests.labels(operation, context)
 
         async def attempt() -> T:
@@ -172,7 +185,11 @@ class Transfer:
                 raise
             except Exception as exc:
                 self._metrics.s3_errors.labels(operation, error_code(exc)).inc()
-                raise classify(exc, operation=operation, context=context) from exc
+                error = classify(exc, operation=operation, context=context)
+                if not idempotent and isinstance(error, RetryNow) and error.reason == "network":
+                    raise AnswerLost(f"{operation}: no answer ({error}); not sent again"
+                                     ) from exc
+                raise error from exc
 
         def on_retry(exc: RetryNow, _: int) -> None:
             self._metrics.retries.labels(exc.reason).inc()
@@ -258,6 +275,10 @@ class Transfer:
                 time.monotonic() - started)
         return UploadedPart(part.number, response["ETag"], part.length, computed, wire)
 
+    def open_uploads(self, dest: Destination) -> OpenUploads:
+        """The multipart uploads open on the destination's key."""
+        return OpenUploads(dest.client, self.call, bucket=dest.bucket, key=dest.key)
+
     def _may_resume(self, src: SourceObject, dest: Destination) -> Callable[[datetime], bool]:
         """Parts of an earlier upload are reused only if they provably hold this version.
 
@@ -283,10 +304,10 @@ class Transfer:
         if dest.checksums:
             create.update(ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT")
         upload = MultipartUpload(
-            dest.client, bucket=dest.bucket, key=dest.key, create_args=create,
+            self.open_uploads(dest), create_args=create,
             algorithm=algorithm if dest.checksums else None,
-            expected_sizes={p.number: p.length for p in plan.parts},
-            may_resume=self._may_resume(src, dest), abort_always=final_attempt)
+            expected_sizes={p.number: p.length for p in plan.parts}, quiet=self.upload_quiet,
+            may_resume=self._may_resume(src, dest), last_attempt=final_attempt)
         async with upload as up:
             done = dict(up.existing)
             if up.resumed:
@@ -388,9 +409,9 @@ class Transfer:
         if algorithm:
             create.update(ChecksumAlgorithm=algorithm, ChecksumType="FULL_OBJECT")
         upload = MultipartUpload(
-            dest.client, bucket=dest.bucket, key=dest.key, create_args=create,
-            algorithm=algorithm, expected_sizes={p.number: p.length for p in plan.parts},
-            may_resume=None, abort_always=True)
+            self.open_uploads(dest), create_args=create, algorithm=algorithm,
+            expected_sizes={p.number: p.length for p in plan.parts}, quiet=self.upload_quiet,
+            last_attempt=final_attempt)  # parts copied server-side are never adopted
         async with upload as up:
             parts = await gather_parts(
                 self._copy_part(up, copy_source, src, dest, p, algorithm) for p in plan.parts)

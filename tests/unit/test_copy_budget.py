@@ -59,6 +59,9 @@ class CountingStore:
         self.copied.append(Key)
         return {"CopyObjectResult": {"ETag": '"e"'}}
 
+    async def list_multipart_uploads(self, **_: Any) -> dict[str, Any]:
+        return {"Uploads": []}
+
     async def create_multipart_upload(self, **_: Any) -> dict[str, Any]:
         return {"UploadId": "u"}
 

@@ -1,0 +1,142 @@
+"""Faults between the workers and the local partitions (:mod:`tests.faultproxy`): whatever the
+store or the network does, every object arrives whole, with its headers, metadata and tags;
+no multipart upload is left open; a failure ends in the dead-letter queue only with its true
+reason, and a copy that succeeded never does."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.limits import KIB, MIB
+from common.metrics import WorkerMetrics
+from s3ferry.localbed import LocalBed, write_private
+from tests.faultproxy import Fault, FaultProxy, rules
+from tests.integration.harness import (
+    assert_same_object,
+    copy_job,
+    dead_letters,
+    drain_queue,
+    listed_job,
+    run_until_idle,
+    send,
+)
+
+pytestmark = pytest.mark.timeout(300)
+# What each fault test's worker runs with: short leases so redeliveries come quickly.
+FAULTY = {"visibility_timeout": 10, "part_size": 5 * MIB, "multipart_threshold": 5 * MIB,
+          "max_parts": 4, "retry_max_seconds": 20}
+
+
+@pytest.fixture(scope="module")
+def proxies(bed: LocalBed) -> Iterator[dict[str, FaultProxy]]:
+    """A fault proxy in front of each partition (its S3 and its SQS)."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(FaultProxy(bed.servers[name].endpoint_url, seed=21))
+               for name in ("global", "china")}
+
+
+@pytest.fixture
+def faults(proxies: dict[str, FaultProxy]) -> Iterator[dict[str, FaultProxy]]:
+    """The proxies, with no rules and fresh counts; rules are cleared after the test."""
+    for proxy in proxies.values():
+        proxy.clear()
+        proxy.injected.clear()
+        proxy.seen.clear()
+    yield proxies
+    for proxy in proxies.values():
+        proxy.clear()
+
+
+@pytest.fixture(scope="module")
+def faulty_config(bed: LocalBed, proxies: dict[str, FaultProxy],
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """s3ferry's config with every endpoint (and the queue) behind its proxy."""
+    def behind(name: str, as_name: str | None = None) -> str:
+        server = dataclasses.replace(bed.servers[name], endpoint_url=proxies[name].url)
+        return server.endpoint_toml(as_name)
+
+    path = tmp_path_factory.mktemp("faulty") / "s3ferry.toml"
+    write_private(path, "\n".join([behind("global"), behind("china"),
+                                   behind("global", "queue")]))
+    return path
+
+
+def open_uploads(client: Any, bucket: str) -> list[str]:
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def seed_objects(client: Any, bucket: str, *, small: int, large: int,
+                 seed: int = 7) -> dict[str, int]:
+    """Objects with headers, metadata and tags: ``small`` of 0-64 KiB, ``large`` of 11-16 MiB
+    (three parts or more). Returns key -> size."""
+    rng = random.Random(seed)
+    sizes = {f"small/{i:03d}.txt": rng.randrange(0, 64 * KIB) for i in range(small)}
+    sizes |= {f"large/{i:02d}.bin": rng.randrange(11 * MIB, 16 * MIB) for i in range(large)}
+    for n, (key, size) in enumerate(sizes.items()):
+        client.put_object(Bucket=bucket, Key=key, Body=os.urandom(size),
+                          ContentType="application/x-test", CacheControl="max-age=60",
+                          Metadata={"owner": f"team-{n % 3}"}, Tagging=f"n={n}&kind=test")
+    return sizes
+
+
+def retries(metrics: WorkerMetrics) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for family in metrics.retries.collect()
+            for s in family.samples if s.name.endswith("_total")}
+
+
+async def test_throttling_resets_and_truncations_copy_everything_and_count_every_retry(
+        faulty_config: Path, faults: dict[str, FaultProxy], queues: Any,
+        make_bucket: Callable[[str], str], s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst, same = make_bucket("global"), make_bucket("china"), make_bucket("global")
+    sizes = seed_objects(s3_clients["global"], src, small=24, large=3)
+    jobs = []
+    for n, key in enumerate(sizes):
+        make = listed_job if n % 2 else (lambda c, *a, **k: copy_job(*a, **k))
+        jobs.append(make(s3_clients["global"], "global", src, key, "china", dst))
+        jobs.append(make(s3_clients["global"], "global", src, key, "global", same))
+    send(sqs_global, queues, jobs)
+    every_s3_call = (rules(Fault.SLOWDOWN, 0.10), rules(Fault.RESET, 0.03),
+                     rules(Fault.TRUNCATE, 0.02),
+                     rules(Fault.ERROR_200, 0.2, "CopyObject", "UploadPartCopy",
+                           "CompleteMultipartUpload"))
+    for proxy in faults.values():
+        proxy.set_rules(rules_for_s3(every_s3_call))
+    metrics = WorkerMetrics()
+
+    summary = await run_until_idle(faulty_config, queues, metrics=metrics, **FAULTY)
+
+    for proxy in faults.values():
+        proxy.clear()
+    for key in sizes:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+        assert_same_object(s3_clients["global"], src, s3_clients["global"], same, key)
+    assert dead_letters(sqs_global, queues) == {}
+    assert drain_queue(sqs_global, queues.queue_url) == []
+    assert open_uploads(s3_clients["china"], dst) == open_uploads(s3_clients["global"],
+                                                                  same) == []
+    assert summary.results["copied"] + summary.results["skipped"] == len(jobs)
+    slowdowns = sum(p.injected_total(Fault.SLOWDOWN) for p in faults.values())
+    counted = retries(metrics)
+    assert slowdowns > 5 and sum(p.injected_total() for p in faults.values()) > 20
+    # each 503 was retried (in the process, or as a job); resets and truncations are retried
+    # too, unless the connection pool resent an idempotent request on a fresh connection
+    assert counted.get("throttled", 0) + summary.results["retried"] >= slowdowns
+    assert counted.get("network", 0) + counted.get("corrupt_transfer", 0) > 0
+
+def rules_for_s3(chosen: tuple[Any, ...]) -> list[Any]:
+    """``chosen`` restricted to S3: the same proxy carries the queue's calls."""
+    return [dataclasses.replace(r, operations=r.operations or S3_OPERATIONS) for r in chosen]
+
+
+S3_OPERATIONS = frozenset({
+    "GetObject", "HeadObject", "PutObject", "CopyObject", "UploadPart", "UploadPartCopy",
+    "CreateMultipartUpload", "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts",
+    "ListMultipartUploads", "GetObjectTagging", "PutObjectTagging", "DeleteObject"})
