@@ -72,8 +72,8 @@ READ_TIMEOUT_SECONDS = 60.0
 # CreateMultipartUpload sent again after a lost answer opens a second upload nobody sees.
 # ("max_attempts": 1 would mean one retry; "total_max_attempts" counts the first attempt.)
 # SQS calls keep botocore's standard retries: each is idempotent, or harmless twice.
-_RETRIES = {"s3": {"total_max_attempts": 1, "mode": "standard"},
-            "sqs": {"total_max_attempts": 3, "mode": "standard"}}
+_RETRIES: dict[str, Any] = {"s3": {"total_max_attempts": 1, "mode": "standard"},
+                            "sqs": {"total_max_attempts": 3, "mode": "standard"}}
 
 
 def botocore_config(ep: Endpoint, *, service: str = "s3", pool: int | None = None,
