@@ -394,3 +394,80 @@ async def test_bundled_jobs_the_dead_letter_queue_refused_are_not_lost() -> None
     assert [json.loads(b)["id"] for b, _ in sqs.dead] == ["job-bad-1"]
     assert copies.attempts == Counter({"bad-1": 2, "ok-1": 1})
     assert sqs.visible == [] and sqs.in_flight == {}
+
+
+class LostHeartbeats(MemorySqs):
+    """A queue whose ChangeMessageVisibility calls all fail; releases are recorded."""
+
+    def __init__(self, bodies: list[str]) -> None:
+        super().__init__(bodies)
+        self.released: list[tuple[str, int]] = []
+        self.a_release = asyncio.Event()
+
+    async def change_message_visibility_batch(self, **_: Any) -> dict[str, Any]:
+        raise ConnectionError("heartbeat lost")
+
+    async def change_message_visibility(self, *, ReceiptHandle: str,
+                                        VisibilityTimeout: int = 0, **_: Any) -> None:
+        self.released.append((self.in_flight[ReceiptHandle], VisibilityTimeout))
+        self.a_release.set()
+        await super().change_message_visibility(ReceiptHandle=ReceiptHandle)
+
+
+class Stuck(Copies):
+    """Copies ``stuck`` forever (until cancelled); the others at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled: list[str] = []
+        self.given_up = asyncio.Event()
+        self.another_copied = asyncio.Event()
+
+    async def copy(self, job: CopyJob, **kwargs: Any) -> JobResult:
+        if job.source.key == "stuck":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(job.source.key)
+                self.given_up.set()
+                raise
+        result = await super().copy(job, **kwargs)
+        self.another_copied.set()
+        return result
+
+
+async def test_a_lease_that_cannot_be_renewed_is_given_up_and_its_message_left_alone() -> None:
+    sqs, copies = LostHeartbeats([job_body("stuck")]), Stuck()
+    metrics = WorkerMetrics(CollectorRegistry())
+    consumer = consumer_for(sqs, copies, metrics, max_jobs=2)
+    # a one-second lease (the settings allow 10 s at least; the rule is the same)
+    consumer._settings = consumer._settings.model_copy(update={"visibility_timeout": 1})
+    run = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(copies.given_up.wait(), 10)
+    sqs.visible.append(("m1", job_body("k1")))  # the worker still serves other jobs
+    await asyncio.wait_for(copies.another_copied.wait(), 10)
+    consumer.stop()
+    await asyncio.wait_for(run, timeout=10)
+
+    assert copies.cancelled == ["stuck"] and copies.keys == Counter({"k1": 1})
+    assert metrics.leases_lost._value.get() == 1
+    # neither deleted nor released: SQS hands it to another worker when the lease ends
+    assert "m0" not in sqs.deleted and ("m0", 0) not in sqs.released
+    assert list(sqs.in_flight.values()) == ["m0"]
+    assert consumer.summary.results == {"copied": 1}
+
+
+class Waits(Copies):
+    async def copy(self, job: CopyJob, **kwargs: Any) -> JobResult:
+        self.attempts[job.source.key] += 1
+        raise RetryNow("kept an upload for the next attempt", retry_after=30.0)
+
+
+async def test_a_retry_waits_at_least_as_long_as_the_failure_asked() -> None:
+    sqs, copies = LostHeartbeats([job_body("k")]), Waits()
+    consumer = consumer_for(sqs, copies, max_jobs=1)
+    run = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(sqs.a_release.wait(), 10)
+    consumer.stop()
+    await asyncio.wait_for(run, timeout=10)
+    assert sqs.released[0] == ("m0", 30)  # (this stand-in shows it again at once)
