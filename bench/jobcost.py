@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from s3ferry.localbed import write_private
+
 ETAG = '"0123456789abcdef0123456789abcdef"'
 BUNDLE = 100
 QUEUE_DELAY_SECONDS = 0.002
@@ -137,7 +139,7 @@ def measure(jobs: int, port: int, workdir: Path) -> dict[str, Any]:
     from worker.main import run_worker
 
     config = workdir / "jobcost.toml"
-    config.write_text(CONFIG.format(port=port))
+    write_private(config, CONFIG.format(port=port))
     settings = load_settings(config, queue_url="memory", dlq_url="memory-dlq",
                              queue_endpoint="store")
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(

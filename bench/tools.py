@@ -40,7 +40,7 @@ import boto3
 from bench.measure import Child, Usage
 from bench.workloads import Variant
 from common.settings import WorkerSettings
-from s3ferry.localbed import REPO_ROOT, LocalServer, free_port
+from s3ferry.localbed import REPO_ROOT, LocalServer, free_port, write_private
 
 # s3ferry's end is an empty queue. The emulator serving the queue shares the two cores with
 # the copy, so the queue is asked only every SLOW_POLL_SECONDS until the workers' logs show
@@ -161,7 +161,7 @@ class Tools:
             f'source = {{ endpoint = "{src.endpoint}", bucket = "{src.bucket}" }}\n'
             f'destinations = [{{ endpoint = "{dst.endpoint}", bucket = "{dst.bucket}" }}]\n')
         path = run_dir / "s3ferry.toml"
-        path.write_text("\n".join(tables))
+        write_private(path, "\n".join(tables))
         return path
 
     def new_queues(self) -> tuple[str, str]:

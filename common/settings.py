@@ -16,12 +16,17 @@ optional TOML file (``S3FERRY_CONFIG``) that names endpoints::
     [endpoints.global.storage_class_map]        # optional, per destination
     GLACIER = "STANDARD"
 
-Process settings may also appear in the TOML under ``[worker]`` and ``[dispatcher]``; the
-environment wins, key by key.
+Process settings may also appear in the TOML under ``[worker]`` and ``[dispatcher]`` (and
+``[s3ferry]`` for the top-level ones); the environment wins, key by key. A table or key the
+file misspells is refused with its name, never ignored. A file that holds keys (static
+credentials, the intake token) must be readable by its owner only, unless
+``S3FERRY_ALLOW_READABLE_SECRETS=1`` says otherwise.
 """
 
 from __future__ import annotations
 
+import difflib
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -186,6 +191,9 @@ class Settings(BaseSettings):
                                       extra="ignore", frozen=True)
 
     config: Path | None = None
+    # A config file that holds keys is refused when other users may read it, unless this is
+    # set (from the environment: a file cannot vouch for itself).
+    allow_readable_secrets: bool = False
     queue_endpoint: str = "queue"
     queue_url: str = ""
     dlq_url: str = ""
@@ -244,30 +252,79 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 _SECTIONS = ("worker", "dispatcher")  # TOML tables merged key by key with the environment
+_TABLES = ("endpoints", "routes", *_SECTIONS, "s3ferry")
+# What [s3ferry] may set: the top-level settings that are not tables of their own.
+_TOP_LEVEL = frozenset(Settings.model_fields) - {"config", "allow_readable_secrets", *_TABLES}
+
+
+def _refuse_unknown_names(data: dict[str, Any], path: Path) -> None:
+    """A misspelt table or key would be silently ignored: name it instead."""
+    def unknown(where: str, names: set[str], known: frozenset[str] | tuple[str, ...]) -> None:
+        for name in sorted(names - set(known)):
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {where}{near[0]}?)" if near else ""
+            raise ConfigError(f"{path}: unknown {'key' if where else 'table'} "
+                              f"{where}{name}{hint}; known: {', '.join(sorted(known))}")
+
+    unknown("", set(data), _TABLES)
+    process = data.get("s3ferry", {})
+    if isinstance(process, dict):
+        unknown("s3ferry.", set(process), _TOP_LEVEL)
+
+
+def _holds_secrets(data: dict[str, Any]) -> bool:
+    endpoints = data.get("endpoints", {})
+    static = any(isinstance(ep, dict) and isinstance(ep.get("credentials"), dict)
+                 and ep["credentials"].get("kind") == "static"
+                 for ep in (endpoints.values() if isinstance(endpoints, dict) else ()))
+    dispatcher = data.get("dispatcher", {})
+    return static or (isinstance(dispatcher, dict) and "intake_token" in dispatcher)
+
+
+def _refuse_readable_secrets(path: Path, data: dict[str, Any], allowed: bool) -> None:
+    mode = path.stat().st_mode
+    if allowed or not _holds_secrets(data) or not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return
+    raise ConfigError(f"{path} holds keys and other users can read it (mode "
+                      f"{stat.filemode(mode)}): chmod 600 it, or set "
+                      "S3FERRY_ALLOW_READABLE_SECRETS=1 to start anyway")
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
     """Read the environment and the TOML file once; fail with the bad field named."""
     try:
-        env_only = Settings(**overrides)
-        path = Path(config) if config else env_only.config
-        if path is None:
-            return env_only
-        data = _read_toml(path)
-        file_values: dict[str, Any] = {"endpoints": data.get("endpoints", {}),
-                                       "routes": routes_from_toml(data.get("routes", {}))}
-        for section in _SECTIONS:
-            if section in data:
-                file_values[section] = data[section]
-        file_values.update(data.get("s3ferry", {}))
-        env_set = {k: v for k, v in env_only.model_dump(exclude_unset=True).items()}
-        merged = {**file_values, **env_set, **overrides, "config": path}
-        for section in _SECTIONS:
-            if section in file_values and section in env_set:
-                merged[section] = {**file_values[section], **env_set[section]}
-        return Settings(**merged)
+        settings = _merged(config, overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
+    if (settings.queue_url or settings.dlq_url) and (
+            settings.queue_endpoint not in settings.endpoints):
+        known = ", ".join(sorted(settings.endpoints)) or "none"
+        raise ConfigError(f"no endpoint named {settings.queue_endpoint!r} for the SQS queues "
+                          f"(configured: {known}): add [endpoints.{settings.queue_endpoint}] "
+                          "to the config file or set S3FERRY_QUEUE_ENDPOINT")
+    return settings
+
+
+def _merged(config: Path | str | None, overrides: dict[str, Any]) -> Settings:
+    env_only = Settings(**overrides)
+    path = Path(config) if config else env_only.config
+    if path is None:
+        return env_only
+    data = _read_toml(path)
+    _refuse_unknown_names(data, path)
+    _refuse_readable_secrets(path, data, env_only.allow_readable_secrets)
+    file_values: dict[str, Any] = {"endpoints": data.get("endpoints", {}),
+                                   "routes": routes_from_toml(data.get("routes", {}))}
+    for section in _SECTIONS:
+        if section in data:
+            file_values[section] = data[section]
+    file_values.update(data.get("s3ferry", {}))
+    env_set = {k: v for k, v in env_only.model_dump(exclude_unset=True).items()}
+    merged = {**file_values, **env_set, **overrides, "config": path}
+    for section in _SECTIONS:
+        if section in file_values and section in env_set:
+            merged[section] = {**file_values[section], **env_set[section]}
+    return Settings(**merged)
 
 
 def _describe(exc: ValidationError) -> str:

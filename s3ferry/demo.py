@@ -62,7 +62,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common.fingerprint import user_metadata
 from common.limits import KIB, MIB
-from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port
+from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port, write_private
 from worker.consumer import Summary
 
 SOURCE = "global"
@@ -922,7 +922,7 @@ def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) 
     with phase(timings, "start", "starting the global and china partitions (LocalStack)"):
         bed.start()
     config = workdir / "s3ferry.toml"
-    config.write_text(bed.config_toml() + routes_toml(), encoding="utf-8")
+    write_private(config, bed.config_toml() + routes_toml())
     with open_clients(bed) as clients:
         outcome = ferry(bed, clients, workdir, demo_objects(small), workers, timings)
     outcome.wall = time.monotonic() - began

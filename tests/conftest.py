@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from s3ferry.localbed import LocalBed, LocalServer
+from s3ferry.localbed import LocalBed, LocalServer, write_private
 
 # Fixtures that start (or need) the bed; a test using any of them is an integration test.
 _BED_FIXTURES = {"bed", "config_path", "s3_clients", "sqs_global", "queues", "buckets",
@@ -45,7 +45,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBed]:
 def config_path(bed: LocalBed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An s3ferry TOML config naming every server, plus ``queue`` (the global partition)."""
     path = tmp_path_factory.mktemp("config") / "s3ferry.toml"
-    path.write_text(bed.config_toml())
+    write_private(path, bed.config_toml())
     return path
 
 

@@ -20,6 +20,7 @@ from common.settings import Settings, load_settings
 from dispatcher.backfill import BackfillOptions
 from dispatcher.cli import run_backfill
 from dispatcher.diff import Mode
+from s3ferry.localbed import write_private
 from tests.integration.harness import RCLONE_DROPS, assert_same_object, run_until_idle
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,7 +32,7 @@ AWKWARD = ["space name.txt", "plus+sign.txt", "percent%20.txt", "unicode/\u4e2d\
 
 def with_routes(config_path: Path, tmp_path: Path, routes_toml: str) -> Path:
     path = tmp_path / "s3ferry.toml"
-    path.write_text(config_path.read_text() + "\n" + routes_toml)
+    write_private(path, config_path.read_text() + "\n" + routes_toml)
     return path
 
 

@@ -24,6 +24,7 @@ from common.metrics import DispatcherMetrics
 from common.settings import Settings, load_settings
 from dispatcher.cli import run_listener
 from dispatcher.listener import Listener, ListenerSettings, ListenerSummary
+from s3ferry.localbed import write_private
 from tests.integration.harness import (
     RCLONE_DROPS,
     assert_same_object,
@@ -61,7 +62,7 @@ def events_queue(sqs_global: Any) -> Iterator[EventsQueue]:
 
 def with_routes(config_path: Path, tmp_path: Path, routes_toml: str) -> Path:
     path = tmp_path / "s3ferry.toml"
-    path.write_text(config_path.read_text() + "\n" + routes_toml)
+    write_private(path, config_path.read_text() + "\n" + routes_toml)
     return path
 
 

@@ -16,7 +16,7 @@ from awscrt import checksums
 from botocore.exceptions import ClientError
 
 from common.settings import StaticCredentials, load_settings
-from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port
+from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port, write_private
 
 MIB = 1024 * 1024
 SERVERS = ["global", "china", "rclone"]
@@ -186,6 +186,6 @@ def test_the_queue_lives_in_the_queues_partition_when_it_runs(
                                      secret_key="test", has_sqs=True)
                    for i, name in enumerate(partitions)}
     path = tmp_path / "s3ferry.toml"
-    path.write_text(bed.config_toml())
+    write_private(path, bed.config_toml())
     settings = load_settings(path)
     assert settings.endpoint("queue").endpoint_url == bed.servers[home].endpoint_url

@@ -15,7 +15,7 @@ import pytest
 from common.jobs import CopyJob, decode, encode, encode_bundle
 from common.limits import MIB
 from common.metrics import WorkerMetrics
-from s3ferry.localbed import LocalBed
+from s3ferry.localbed import LocalBed, write_private
 from tests.integration.harness import (
     body,
     copy_job,
@@ -140,7 +140,7 @@ async def test_bad_credentials_are_not_retried(
 def with_stale_endpoint(bed: LocalBed, config_path: Path, out: Path) -> Path:
     """The config plus endpoint ``stale``: rclone's address with a wrong secret."""
     rclone = bed.servers["rclone"]
-    out.write_text(config_path.read_text() + f"""
+    write_private(out, config_path.read_text() + f"""
 [endpoints.stale]
 endpoint_url = "{rclone.endpoint_url}"
 region = "us-east-1"

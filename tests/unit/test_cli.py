@@ -12,6 +12,7 @@ import pytest
 from common.errors import ConfigError
 from common.settings import WorkerSettings, load_settings
 from s3ferry.cli import main
+from s3ferry.localbed import write_private
 
 
 def test_help_lists_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,7 +45,7 @@ def test_python_dash_m_worker_help() -> None:
 ])
 def test_bad_config_is_refused_naming_the_field(tmp_path: Path, toml: str, field: str) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(toml)
+    write_private(path, toml)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_settings(path)
 
@@ -60,7 +61,7 @@ def test_worker_exits_2_with_the_bad_field_named(tmp_path: Path) -> None:
 
 def test_secrets_in_config_are_not_printed(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[endpoints.a]\ncredentials = { kind = "static", access_key_id = "AK", '
+    write_private(path, '[endpoints.a]\ncredentials = { kind = "static", access_key_id = "AK", '
                     'secret_access_key = "s3cr3t-value" }\n')
     settings = load_settings(path)
     assert "s3cr3t-value" not in repr(settings)
@@ -105,7 +106,7 @@ def test_the_readme_configuration_loads_and_shows_the_worker_defaults(
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     (example,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
     path = tmp_path / "readme.toml"
-    path.write_text(example)
+    write_private(path, example)
     for name in [n for n in os.environ if n.startswith("S3FERRY_")]:
         monkeypatch.delenv(name)
 
@@ -115,3 +116,79 @@ def test_the_readme_configuration_loads_and_shows_the_worker_defaults(
     assert "server_copy_budget" in shown
     assert {k: getattr(settings.worker, k) for k in shown} == {
         k: getattr(WorkerSettings(), k) for k in shown}
+
+
+@pytest.mark.parametrize(("toml", "named"), [
+    ("[wroker]\nmax_jobs = 3\n", "unknown table wroker (did you mean worker?)"),
+    ('[s3ferry]\nqueue_urll = "x"\n', "unknown key s3ferry.queue_urll (did you mean "
+                                      "s3ferry.queue_url?)"),
+    ("[worker]\nmax_job = 3\n", "worker.max_job: Extra inputs are not permitted"),
+    ('[routes.r]\nsource = { endpoint = "a", bucket = "bkt" }\ndestinations = []\n'
+     "sync_deletez = true\n", "sync_deletez"),
+])
+def test_a_misspelt_table_or_key_is_refused_by_name(tmp_path: Path, toml: str,
+                                                    named: str) -> None:
+    path = write_private(tmp_path / "c.toml", '[endpoints.a]\nregion = "us-east-1"\n' + toml)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert named in str(refused.value)
+
+
+SECRET_TOML = ('[endpoints.a]\ncredentials = { kind = "static", access_key_id = "AK", '
+               'secret_access_key = "s3cr3t" }\n')
+
+
+@pytest.mark.parametrize(("text", "mode", "allowed", "refused"), [
+    (SECRET_TOML, 0o644, False, True),
+    (SECRET_TOML, 0o640, False, True),
+    (SECRET_TOML, 0o600, False, False),
+    (SECRET_TOML, 0o644, True, False),
+    ('[dispatcher]\nintake_token = "t-t-t-t-t-t-t-t-t-t"\n', 0o604, False, True),
+    ('[endpoints.a]\ncredentials = { kind = "env", prefix = "A_" }\n', 0o644, False, False),
+], ids=["world-readable", "group-readable", "private", "told-explicitly", "token",
+        "no-keys"])
+def test_a_file_holding_keys_must_be_private_unless_told_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, mode: int, allowed: bool,
+        refused: bool) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    if allowed:
+        monkeypatch.setenv("S3FERRY_ALLOW_READABLE_SECRETS", "1")
+    if refused:
+        with pytest.raises(ConfigError, match=r"other users can read it.*chmod 600"):
+            load_settings(path)
+    else:
+        load_settings(path)
+
+
+COMMANDS_ON_A_QUEUE = {
+    "worker": ["--queue-url", "http://q", "--dlq-url", "http://d"],
+    "backfill": ["--queue-url", "http://q"],
+    "events": ["--queue-url", "http://q", "--events-queue-url", "http://e",
+               "--events-dlq-url", "http://d"],
+    "status": ["--queue-url", "http://q"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_ON_A_QUEUE))
+@pytest.mark.parametrize(("toml", "said"), [
+    ('[endpoints.a]\nregion = "us-east-1"\n'
+     '[routes.r]\nsource = { endpoint = "a", bucket = "bkt" }\n'
+     'destinations = [{ endpoint = "a", bucket = "dst" }]\n',
+     "no endpoint named 'queue' for the SQS queues"),
+    ('[endpoints.queue]\n[wroker]\n', "unknown table wroker"),
+    (SECRET_TOML.replace("[endpoints.a]", "[endpoints.queue]"), "other users can read it"),
+], ids=["no-queue-endpoint", "misspelt-table", "readable-keys"])
+def test_every_command_refuses_bad_config_in_one_line_and_exit_2(
+        tmp_path: Path, command: str, toml: str, said: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    path.chmod(0o644)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3FERRY_")}
+    run = subprocess.run([sys.executable, "-m", "s3ferry", command, "--config", str(path),
+                          *COMMANDS_ON_A_QUEUE[command]], capture_output=True, text=True,
+                         timeout=60, env=env, check=False)
+    assert run.returncode == 2, run.stderr
+    assert said in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr

@@ -10,6 +10,7 @@ import pytest
 from common.errors import ConfigError
 from common.routes import Route, glob_to_regex
 from common.settings import load_settings
+from s3ferry.localbed import write_private
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,7 +23,7 @@ region = "cn-north-1"
 
 def load(tmp_path: Path, routes: str) -> dict[str, Route]:
     path = tmp_path / "c.toml"
-    path.write_text(ENDPOINTS + routes)
+    write_private(path, ENDPOINTS + routes)
     return load_settings(path).routes
 
 

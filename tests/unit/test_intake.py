@@ -18,6 +18,7 @@ from common.settings import Settings, load_settings
 from dispatcher import intake
 from dispatcher.args import COMPARE_MODES
 from dispatcher.diff import Mode
+from s3ferry.localbed import write_private
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t" * 32
@@ -26,7 +27,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def settings(tmp_path: Path, **dispatcher: Any) -> Settings:
     path = tmp_path / "s3ferry.toml"
-    path.write_text("""
+    write_private(path, """
 [endpoints.a]
 endpoint_url = "http://127.0.0.1:1"
 [endpoints.a.credentials]
@@ -40,7 +41,8 @@ destinations = [{ endpoint = "a", bucket = "one" }]
 source = { endpoint = "a", bucket = "src" }
 destinations = [{ endpoint = "a", bucket = "two" }]
 """)
-    return load_settings(path, queue_url="http://queue", dispatcher=dispatcher)
+    return load_settings(path, queue_url="http://queue", queue_endpoint="a",
+                         dispatcher=dispatcher)
 
 
 class HeldBackfills:

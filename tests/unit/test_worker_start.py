@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from common.clients import ClientPool
 from common.settings import load_settings
+from s3ferry.localbed import write_private
 from worker.main import copy_endpoints, warm_up
 from worker.wire import WireClients
 
@@ -41,9 +42,9 @@ destinations = [{ endpoint = "far", bucket = "dst" }]
 
 def test_the_endpoints_to_open_are_the_routes_or_else_all_but_the_queue(tmp_path: Path) -> None:
     with_routes = tmp_path / "a.toml"
-    with_routes.write_text(ENDPOINTS + ROUTE)
+    write_private(with_routes, ENDPOINTS + ROUTE)
     without = tmp_path / "b.toml"
-    without.write_text(ENDPOINTS)
+    write_private(without, ENDPOINTS)
 
     assert copy_endpoints(load_settings(with_routes)) == ["far", "home"]
     assert copy_endpoints(load_settings(without)) == ["far", "home", "unused"]
@@ -54,7 +55,7 @@ async def test_warm_up_opens_what_it_can_and_logs_what_it_cannot(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     config = tmp_path / "c.toml"
-    config.write_text(ENDPOINTS + ROUTE)
+    write_private(config, ENDPOINTS + ROUTE)
     settings = load_settings(config)
 
     async with (ClientPool(settings.endpoints, pool=4) as clients,
