@@ -27,8 +27,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from types import TracebackType
 from typing import Any
+from xml.sax.saxutils import escape
 
 import aiohttp
 from aiohttp import web
@@ -61,6 +63,9 @@ class Rule:
     seconds: float = 0.0  # LATENCY
     status: int = 403  # EARLY_ERROR
     code: str = "AccessDenied"  # EARLY_ERROR
+    # The error's message quotes the request's Authorization and security-token headers and
+    # a presigned URL made of them, as a careless store might: nothing of it may reach a log.
+    echo: bool = False
 
     def applies(self, operation: str, path: str) -> bool:
         return (not self.operations or operation in self.operations) and self.match in path
@@ -113,8 +118,20 @@ def s3_operation(method: str, path: str, query: Mapping[str, str],
 
 def error_document(code: str, message: str) -> bytes:
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-            f"<Message>{message}</Message><RequestId>faultproxy</RequestId></Error>"
+            f"<Message>{escape(message)}</Message><RequestId>faultproxy</RequestId></Error>"
             ).encode()
+
+
+def echoed(request: web.Request, message: str) -> str:
+    """``message`` followed by the request's credentials, as a careless store might say."""
+    auth = request.headers.get("Authorization", "")
+    token = request.headers.get("X-Amz-Security-Token", "")
+    signature = auth.rpartition("Signature=")[2]
+    credential = auth.partition("Credential=")[2].partition(",")[0]
+    presigned = (f"{request.url}?X-Amz-Credential={credential}&X-Amz-Signature={signature}"
+                 f"&X-Amz-Security-Token={token}")
+    return (f"{message}; Authorization: {auth}; x-amz-security-token: {token}; "
+            f"retry at {presigned}")
 
 
 class FaultProxy:
@@ -221,16 +238,16 @@ class FaultProxy:
                                  rule: Rule) -> web.StreamResponse | None:
         """The faults that never reach the store; None for those that do."""
         fault = rule.fault
+        say = partial(echoed, request) if rule.echo else str
         if fault in (Fault.SLOWDOWN, Fault.INTERNAL):
             await request.read()
             status, code = (503, "SlowDown") if fault is Fault.SLOWDOWN else (
                 500, "InternalError")
-            return web.Response(status=status, body=error_document(code, "injected"),
+            return web.Response(status=status, body=error_document(code, say("injected")),
                                 content_type="application/xml")
         if fault is Fault.EARLY_ERROR:
-            response = web.Response(status=rule.status,
-                                    body=error_document(rule.code, "injected, body unread"),
-                                    content_type="application/xml")
+            response = web.Response(status=rule.status, body=error_document(
+                rule.code, say("injected, body unread")), content_type="application/xml")
             response.force_close()
             return response
         if fault is Fault.ERROR_200:

@@ -396,15 +396,26 @@ class _Connection(asyncio.Protocol):
         transport.write(head)
         view = memoryview(body)
         for offset in range(0, len(view), SEND_CHUNK):
-            while self._writing_paused:
+            while self._writing_paused and not self._answered_early():
                 self._check()
                 if self.closed:
                     raise ConnectionLostError("the server closed the connection mid-request")
                 await self._wait()
+            if self._answered_early():
+                return
             if transport.is_closing():
                 self._check()
                 raise ConnectionLostError("the server closed the connection mid-request")
             transport.write(view[offset:offset + SEND_CHUNK])
+
+    def _answered_early(self) -> bool:
+        """The server answered before reading the whole body, as S3 refuses an upload from
+        its headers: that answer stands, the rest of the body is not sent, and the
+        connection is not used again (the server may still be reading, or gone)."""
+        if self._answer is None:
+            return False
+        self.keep_alive = False
+        return True
 
     async def read_some(self, amt: int) -> bytes:
         while not self._chunks:
@@ -452,7 +463,11 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.keep_alive = False
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size():  # a body the server will never read
+            self.transport.abort()
+        else:
             self.transport.close()
 
 

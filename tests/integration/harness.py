@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +46,20 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 60, every: float 
             return value
         time.sleep(every)
     raise AssertionError("condition not met in time")
+
+
+@contextmanager
+def worker_process(config: Path, queues: Any, log: Path, *, port: int,
+                   **worker: object) -> Iterator[subprocess.Popen[bytes]]:
+    """``s3ferry worker`` as a process of its own, its output in ``log``; ``worker`` settings
+    go through the environment as the deploy files set them."""
+    env = dict(os.environ, S3FERRY_LOG_FORMAT="json", S3FERRY_METRICS_HOST="127.0.0.1",
+               S3FERRY_WORKER__WAIT_TIME_SECONDS="1")
+    env.update({f"S3FERRY_WORKER__{k.upper()}": str(v) for k, v in worker.items()})
+    argv = [sys.executable, "-m", "worker", "--config", str(config), "--queue-url",
+            queues.queue_url, "--dlq-url", queues.dlq_url, "--metrics-port", str(port)]
+    with running(argv, env, log) as proc:
+        yield proc
 
 
 HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from common.jobs import encode
 from common.limits import KIB, MIB
 from common.metrics import WorkerMetrics
 from s3ferry.localbed import LocalBed, write_private
@@ -140,3 +141,50 @@ S3_OPERATIONS = frozenset({
     "GetObject", "HeadObject", "PutObject", "CopyObject", "UploadPart", "UploadPartCopy",
     "CreateMultipartUpload", "CompleteMultipartUpload", "AbortMultipartUpload", "ListParts",
     "ListMultipartUploads", "GetObjectTagging", "PutObjectTagging", "DeleteObject"})
+
+
+def without_direct_requests(config: Path, out: Path) -> Path:
+    """The same config with every endpoint's calls through botocore."""
+    text = config.read_text().replace('addressing_style = "path"\n',
+                                      'addressing_style = "path"\ndirect_requests = false\n')
+    return write_private(out, text)
+
+
+@pytest.mark.parametrize("wire", ["direct", "botocore"])
+async def test_refusals_are_dead_lettered_with_their_reason_while_other_jobs_copy(
+        faulty_config: Path, faults: dict[str, FaultProxy], queues: Any, tmp_path: Path,
+        make_bucket: Callable[[str], str], s3_clients: dict[str, Any], sqs_global: Any,
+        wire: str) -> None:
+    config = faulty_config if wire == "direct" else without_direct_requests(
+        faulty_config, tmp_path / "botocore.toml")
+    src, dst = make_bucket("global"), make_bucket("china")
+    payloads = {"ok/a.txt": b"a", "ok/b.bin": os.urandom(12 * MIB),
+                "denied/small.txt": b"no", "denied/big.bin": os.urandom(12 * MIB),
+                "expired/c.txt": b"late", "ok/missing-bucket.txt": b"nowhere"}
+    for key, data in payloads.items():
+        s3_clients["global"].put_object(Bucket=src, Key=key, Body=data)
+    # S3 refuses an upload from its headers, before reading the body: the same here
+    faults["china"].set_rules([
+        rules(Fault.EARLY_ERROR, 1.0, "PutObject", "UploadPart", match="/denied/"),
+        rules(Fault.EARLY_ERROR, 1.0, "PutObject", match="/expired/", code="ExpiredToken")])
+    jobs = {key: copy_job("global", src, key, "china", dst) for key in payloads}
+    jobs["ok/missing-bucket.txt"] = copy_job("global", src, "ok/missing-bucket.txt", "china",
+                                             "bucket-that-does-not-exist")
+    send(sqs_global, queues, jobs.values())
+
+    summary = await run_until_idle(config, queues, **FAULTY)
+
+    faults["china"].clear()
+    letters = {m["Body"]: (m["MessageAttributes"]["reason"]["StringValue"],
+                           m["MessageAttributes"]["receive_count"]["StringValue"])
+               for m in drain_queue(sqs_global, queues.dlq_url)}
+    assert letters == {
+        encode(jobs["denied/small.txt"]): ("access_denied", "1"),
+        encode(jobs["denied/big.bin"]): ("access_denied", "1"),
+        encode(jobs["expired/c.txt"]): ("credentials:ExpiredToken", "1"),
+        encode(jobs["ok/missing-bucket.txt"]): ("no_such_bucket", "1")}
+    for key in ("ok/a.txt", "ok/b.bin"):
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+    assert summary.results == {"copied": 2, "failed": 4}
+    assert open_uploads(s3_clients["china"], dst) == []
+    assert drain_queue(sqs_global, queues.queue_url) == []

@@ -208,6 +208,33 @@ async def test_source_overwritten_mid_copy_never_yields_a_mixed_object(
     assert uploads == []  # the abandoned upload of the old version was aborted
 
 
+async def test_source_deleted_mid_copy_is_recorded_vanished_and_leaves_nothing(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    s3_clients["global"].put_object(Bucket=src, Key="going.bin", Body=os.urandom(15 * MIB))
+
+    def delete() -> None:
+        s3_clients["global"].delete_object(Bucket=src, Key="going.bin")
+
+    class Racing(Replicator):
+        async def source_for(self, job: CopyJob) -> ByteSource:
+            return OverwriteOnce(await super().source_for(job), delete)
+
+    OverwriteOnce.overwritten = False
+    send(sqs_global, queues, [copy_job("global", src, "going.bin", "china", dst)])
+
+    summary = await run_until_idle(config_path, queues, replicator_cls=Racing,
+                                   part_size=5 * MIB, multipart_threshold=5 * MIB, max_parts=1)
+
+    assert OverwriteOnce.overwritten
+    assert summary.results == {"vanished": 1}
+    assert s3_clients["china"].list_objects_v2(Bucket=dst).get("KeyCount") == 0
+    assert s3_clients["china"].list_multipart_uploads(Bucket=dst).get("Uploads", []) == []
+    assert dead_letters(sqs_global, queues) == {}
+    assert drain_queue(sqs_global, queues.queue_url) == []
+
+
 class SlowRead:
     """A source whose first read takes longer than the message's lease."""
 

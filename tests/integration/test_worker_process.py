@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +24,13 @@ from tests.integration.harness import (
     dead_letters,
     drain_queue,
     run_until_idle,
-    running,
     send,
     wait_for,
+    worker_process,
 )
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextmanager
-def worker_process(config: Path, queues: Any, log: Path, *, port: int,
-                   **worker: object) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ, S3FERRY_LOG_FORMAT="json", S3FERRY_METRICS_HOST="127.0.0.1",
-               S3FERRY_WORKER__WAIT_TIME_SECONDS="1")
-    env.update({f"S3FERRY_WORKER__{k.upper()}": str(v) for k, v in worker.items()})
-    argv = [sys.executable, "-m", "worker", "--config", str(config), "--queue-url",
-            queues.queue_url, "--dlq-url", queues.dlq_url, "--metrics-port", str(port)]
-    with running(argv, env, log) as proc:
-        yield proc
 
 
 def parts_uploaded(client: Any, bucket: str, key: str) -> int:

@@ -338,3 +338,30 @@ async def test_tls_is_checked_against_the_trusted_certificates(
             await get(stranger, server)
         await stranger.close()
         assert [b for _, _, b in server.requests] == [b"", b""]
+
+
+async def test_an_answer_sent_before_the_body_was_read_is_the_answer() -> None:
+    """S3 refuses an upload from its headers (403 AccessDenied) and closes the connection
+    without reading the body: that answer is what the caller gets, not a lost connection."""
+    error = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    refusal = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+               b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(error), error))
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(refusal)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the answer reaches the client, still sending its body
+        writer.transport.abort()  # closed with the body unread: the client sees a reset
+
+    listener = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    server = Server(Origin("http", "127.0.0.1", port))
+    http = pool()
+    async with listener:
+        status, body = await get(http, server, method="PUT", body=bytes(32 * 1024 * 1024))
+        assert (status, body) == (403, error)
+        # the connection is not reused: the server had not read the request
+        status, _ = await asyncio.wait_for(get(http, server, method="PUT", body=b"x"), 10)
+        assert status == 403
+    await http.close()
