@@ -8,6 +8,7 @@ one value to compare with the source's.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,11 @@ def composite(algorithm: str, parts: Sequence[PartChecksum]) -> str:
     fn, _, width = _ALGORITHMS[algorithm]
     raw = b"".join(p.value.to_bytes(width, "big") for p in parts)
     return f"{to_wire(algorithm, fn(raw))}-{len(parts)}"
+
+
+def content_md5(data: bytes | bytearray | memoryview) -> str:
+    """The Content-MD5 header of ``data``, for stores that take no flexible checksums."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
 def to_wire(algorithm: str, value: int) -> str:

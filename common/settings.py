@@ -10,6 +10,7 @@ optional TOML file (``S3FERRY_CONFIG``) that names endpoints::
     checksums = "when_supported"                # when_supported | when_required
     server_side_copy = true                     # false for stores whose UploadPartCopy is broken
     tagging = true                              # false for stores without working object tags
+    resume_uploads = true                       # false: never continue a killed worker's upload
     credentials = { kind = "static", access_key_id = "...", secret_access_key = "..." }
     # or { kind = "profile", profile = "china" } / { kind = "env" } / { kind = "default" }
 
@@ -108,6 +109,10 @@ class Endpoint(BaseModel):
     # its own, without botocore's per-call machinery (same requests, ~1/3 of the CPU).
     # false sends every call through botocore.
     direct_requests: bool = True
+    # Continue the multipart uploads that killed or stopped workers left (worker.multipart).
+    # Taking one over uploads a claim part that Complete then leaves out: false for stores
+    # that complete only from every part uploaded (rclone serve s3 answers InvalidPart).
+    resume_uploads: bool = True
     credentials: Credentials = DefaultCredentials()
     storage_class_map: dict[str, str] = Field(default_factory=dict)
     kms_key_id: str | None = None

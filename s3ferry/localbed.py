@@ -127,6 +127,8 @@ class LocalServer:
             f"server_side_copy = {'true' if self.server_side_copy else 'false'}",
             # rclone's PutObjectTagging overwrites the object's bytes: never tag there.
             f"tagging = {'false' if self.kind == 'rclone' else 'true'}",
+            # rclone completes an upload only from every part it holds: no claim part there.
+            f"resume_uploads = {'false' if self.kind == 'rclone' else 'true'}",
             'credentials = { kind = "static", '
             f"access_key_id = {_toml_str(self.access_key)}, "
             f"secret_access_key = {_toml_str(self.secret_key)} }}",

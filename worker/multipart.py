@@ -8,13 +8,20 @@ a duplicate of the job. The store's clocks tell them apart (:func:`settle`):
 
 * **quiet** uploads (nothing started or uploaded for ``quiet`` seconds, half a lease) have
   no live driver: a worker renews its lease every quarter of it and gives up a job whose lease
-  went unrenewed for half of it (:mod:`worker.consumer`), so whoever holds the job now holds
-  it alone. The newest quiet upload whose parts provably hold this source version is adopted;
-  every other quiet one is aborted.
+  went unrenewed for half of it (:mod:`worker.consumer`). The newest quiet upload whose parts
+  provably hold this source version is adopted; every other quiet one is aborted.
 * an upload that is **not quiet** may have a live driver, and two drivers must never complete
   one upload. The attempt steps back (:class:`~common.errors.UploadBusy`, retried once the
   upload would be quiet) unless it is the job's last attempt: then it aborts the upload and
   goes on; a live driver finds its upload gone and re-checks the destination.
+
+Two attempts may find the same quiet upload at the same moment (duplicates of one job), and
+S3 has no compare-and-set on an upload. So an adopter *claims* it: it uploads a part of its
+own, at part number 10,000 (:data:`CLAIM_PART`, never data: the planner stops at 9,999), and
+reads the part back. The last claim wins: an adopter that reads another's claim steps back at
+once, and every driver checks before completing that the claim is still its own (a creator:
+that there is none), so one upload is only ever completed by its one owner. Complete names
+the data parts only; S3 discards the claim.
 
 On exit without :meth:`MultipartUpload.complete` the upload is aborted when the failure is
 final or the attempt was the last, and kept otherwise: the error then carries
@@ -26,6 +33,7 @@ copy of its own (skipped, vanished, dead-lettered).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +42,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from common.checksums import PartChecksum, from_wire
+from common.checksums import PartChecksum, compute, content_md5, from_wire, to_wire
 from common.errors import (
     AnswerLost,
     FerryError,
@@ -44,10 +52,12 @@ from common.errors import (
     UploadBusy,
     UploadGone,
 )
+from common.limits import MAX_PARTS
 from common.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
+CLAIM_PART = MAX_PARTS  # the part an adopter claims an upload with
 
 
 class Call(Protocol):
@@ -141,7 +151,7 @@ class OpenUploads:
         for upload in response.get("Uploads", []):
             if upload["Key"] != self.key:
                 continue
-            listed = await self._parts(upload["UploadId"])
+            listed = await self.parts(upload["UploadId"])
             if listed is None:  # completed or aborted meanwhile
                 continue
             parts, now = listed
@@ -151,7 +161,8 @@ class OpenUploads:
                                     (now - active).total_seconds(), tuple(parts)))
         return found
 
-    async def _parts(self, upload_id: str) -> tuple[list[dict[str, Any]], datetime] | None:
+    async def parts(self, upload_id: str) -> tuple[list[dict[str, Any]], datetime] | None:
+        """Every part of an upload and the store's clock; None when it is gone."""
         parts: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key, "UploadId": upload_id}
         while True:
@@ -206,6 +217,8 @@ class MultipartUpload:
     upload_id: str = ""
     resumed: bool = False
     existing: dict[int, UploadedPart] = field(default_factory=dict)
+    _claim: str | None = None  # the ETag of our claim part; None: we created it, unclaimed
+    _owned: bool = True  # False once another attempt's claim is found: theirs now
     _completed: bool = False
 
     @property
@@ -227,6 +240,7 @@ class MultipartUpload:
             raise UploadBusy("another attempt may be writing this key", retry_after=plan.busy_for)
         if plan.adopt is not None:
             self._adopt(plan.adopt)
+            await self._take_over()
             return self
         try:  # not sent again when its answer is lost: that would open a second upload
             response = await self.uploads.call("CreateMultipartUpload", "destination", partial(
@@ -240,7 +254,7 @@ class MultipartUpload:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._completed or not self.upload_id or isinstance(exc, UploadGone):
+        if self._completed or not self._owned or isinstance(exc, UploadGone):
             return
         if exc is None or self.last_attempt or self.may_resume is None or final_failure(exc):
             await asyncio.shield(self._abort_quietly())  # nobody could continue it
@@ -264,7 +278,35 @@ class MultipartUpload:
         self.existing = {p.number: p for p in map(self._reusable, upload.parts)
                          if p is not None}
         self.resumed = True
+
+    async def _take_over(self) -> None:
+        """Claim the adopted upload and read the claim back: the last claim wins."""
+        token = uuid.uuid4().hex.encode("ascii")
+        if self.algorithm:
+            proof = {f"Checksum{self.algorithm}": to_wire(self.algorithm,
+                                                          compute(self.algorithm, token).value)}
+        else:
+            proof = {"ContentMD5": content_md5(token)}
+        answer = await self.uploads.call("UploadPart", "destination", partial(
+            self.uploads.client.upload_part, Bucket=self.bucket, Key=self.key,
+            UploadId=self.upload_id, PartNumber=CLAIM_PART, Body=token, **proof))
+        self._claim = answer["ETag"]
+        await self._check_owner("another attempt claimed this upload at the same moment")
         log.info("upload_resumed", parts_found=len(self.existing))
+
+    async def _check_owner(self, why: str) -> None:
+        """Raise UploadBusy (and let the upload be) when another attempt's claim is on it.
+
+        Every page of parts is read: some stores (rclone's) break on a part-number-marker
+        past the parts they hold."""
+        listed = await self.uploads.parts(self.upload_id)
+        if listed is None:
+            raise UploadGone("the upload was completed or aborted by another attempt")
+        claim = next((p["ETag"] for p in listed[0] if int(p["PartNumber"]) == CLAIM_PART), None)
+        if claim != self._claim:
+            self._owned = False
+            log.info("upload_taken_over")
+            raise UploadBusy(why, retry_after=self.quiet)
 
     def _reusable(self, p: dict[str, Any]) -> UploadedPart | None:
         number, size = int(p["PartNumber"]), int(p["Size"])
@@ -279,12 +321,15 @@ class MultipartUpload:
 
     async def complete(self, parts: list[UploadedPart], *,
                        extra: dict[str, Any]) -> dict[str, Any]:
-        """Complete with ``parts``; raises UploadGone when the upload is no longer there."""
+        """Complete with ``parts`` if the upload is still ours (UploadBusy if another attempt
+        took it over); raises UploadGone when it is no longer there."""
+        await self._check_owner("another attempt took this upload over")
         ordered = sorted(parts, key=lambda p: p.number)
-        response: dict[str, Any] = await self.uploads.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-            MultipartUpload={"Parts": [p.completed(self.algorithm) for p in ordered]},
-            **extra)
+        response: dict[str, Any] = await self.uploads.call(
+            "CompleteMultipartUpload", "destination", partial(
+                self.uploads.client.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": [p.completed(self.algorithm) for p in ordered]},
+                **extra))
         self._completed = True
         return response
-

@@ -9,7 +9,8 @@ It makes no calls; :mod:`worker.transfer` only executes what it decides. Rules:
   ``stream_multipart`` (ranged GET -> UploadPart, parts in parallel, memory bounded by the
   worker's byte budget, no temporary files); objects of many parts get larger parts.
 
-Part sizes honour S3's limits: at most 10,000 parts, each 5 MiB..5 GiB (the last smaller).
+Part sizes honour S3's limits: each part 5 MiB..5 GiB (the last smaller), and at most 9,999
+of them: part number 10,000 is the upload's claim, never data (:mod:`worker.multipart`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from common.limits import (
     MIB,
     MIN_PART_SIZE,
 )
+
+# The last part number S3 allows is the claim of whoever adopts an upload (worker.multipart).
+DATA_PARTS = MAX_PARTS - 1
 
 
 class Strategy(StrEnum):
@@ -83,15 +87,15 @@ class Plan:
 
 
 def part_size_for(size: int, preferred: int) -> int:
-    """The smallest size >= ``preferred`` (and >= 5 MiB) that fits ``size`` in 10,000 parts.
+    """The smallest size >= ``preferred`` (and >= 5 MiB) that fits ``size`` in 9,999 parts.
 
     Rounded up to a whole MiB so part boundaries stay aligned; raises Unsupported when even
     5 GiB parts cannot hold the object.
     """
-    if size > MAX_PARTS * MAX_PART_SIZE:
-        raise Unsupported(f"object of {size} bytes exceeds {MAX_PARTS} parts of 5 GiB")
+    if size > DATA_PARTS * MAX_PART_SIZE:
+        raise Unsupported(f"object of {size} bytes exceeds {DATA_PARTS} parts of 5 GiB")
     chosen = max(preferred, MIN_PART_SIZE)
-    needed = -(-size // MAX_PARTS)  # ceil
+    needed = -(-size // DATA_PARTS)  # ceil
     if needed > chosen:
         chosen = -(-needed // MIB) * MIB
     return min(chosen, MAX_PART_SIZE)
@@ -128,7 +132,7 @@ def fits_layout(size: int, part_size: int | None, parts_count: int | None) -> bo
     if not part_size or not parts_count or part_size > MAX_PART_SIZE:
         return False
     count = -(-size // part_size)
-    return count == parts_count <= MAX_PARTS and (count == 1 or part_size >= MIN_PART_SIZE)
+    return count == parts_count <= DATA_PARTS and (count == 1 or part_size >= MIN_PART_SIZE)
 
 
 def plan(*, size: int, server_side: bool, limits: Limits,

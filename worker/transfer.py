@@ -19,8 +19,6 @@ SourceChanged and never yields a mixed object.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -116,10 +114,6 @@ def part_checksums(src: SourceObject, algorithm: str,
     view = memoryview(data)
     return [checksums.compute(algorithm, view[p.start:p.end + 1])
             for p in split(len(data), src.part_size)]
-
-
-def md5_b64(data: bytes | bytearray) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
 _SEVERITY: tuple[type[BaseException], ...] = (GiveUp, Outcome, SourceChanged, Redeliver,
@@ -244,7 +238,7 @@ class Transfer:
         if dest.checksums:
             put[f"Checksum{algorithm}"] = wire
         else:
-            put["ContentMD5"] = md5_b64(data)
+            put["ContentMD5"] = checksums.content_md5(data)
         response = await self.call("PutObject", "destination", partial(
             dest.client.put_object, Bucket=dest.bucket, Key=dest.key, Body=BufferBody(data),
             **put))
@@ -266,7 +260,7 @@ class Transfer:
             if dest.checksums:
                 kwargs[f"Checksum{algorithm}"] = wire
             else:
-                kwargs["ContentMD5"] = md5_b64(data)
+                kwargs["ContentMD5"] = checksums.content_md5(data)
             response = await self.call("UploadPart", "destination", partial(
                 dest.client.upload_part, Bucket=dest.bucket, Key=dest.key,
                 UploadId=up.upload_id, PartNumber=part.number, Body=BufferBody(data),
@@ -307,7 +301,8 @@ class Transfer:
             self.open_uploads(dest), create_args=create,
             algorithm=algorithm if dest.checksums else None,
             expected_sizes={p.number: p.length for p in plan.parts}, quiet=self.upload_quiet,
-            may_resume=self._may_resume(src, dest), last_attempt=final_attempt)
+            may_resume=self._may_resume(src, dest) if dest.endpoint.resume_uploads else None,
+            last_attempt=final_attempt)
         async with upload as up:
             done = dict(up.existing)
             if up.resumed:
@@ -330,8 +325,7 @@ class Transfer:
         extra: dict[str, Any] = {"MpuObjectSize": src.size}
         if dest.checksums and wire:
             extra.update({f"Checksum{algorithm}": wire, "ChecksumType": "FULL_OBJECT"})
-        response = await self.call("CompleteMultipartUpload", "destination",
-                                    partial(up.complete, parts, extra=extra))
+        response = await up.complete(parts, extra=extra)
         return Written(algorithm=algorithm if dest.checksums else None,
                        expected=wire if dest.checksums else None,
                        reported=response.get(f"Checksum{algorithm}"),
@@ -418,7 +412,6 @@ class Transfer:
             if algorithm and all(p.checksum is not None for p in parts):
                 return await self._complete(up, parts, src, dest, algorithm)
             up.algorithm = None
-            response = await self.call("CompleteMultipartUpload", "destination",
-                                        partial(up.complete, parts, extra={}))
+            response = await up.complete(parts, extra={})
         return Written(algorithm=None, expected=None, reported=None, source_checked=False,
                        response=response, fallback="server_pinned")

@@ -5,10 +5,13 @@ reason, and a copy that succeeded never does."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import pytest
 from common.jobs import encode
 from common.limits import KIB, MIB
 from common.metrics import WorkerMetrics
-from s3ferry.localbed import LocalBed, write_private
+from s3ferry.localbed import LocalBed, free_port, write_private
 from tests.faultproxy import Fault, FaultProxy, rules
 from tests.integration.harness import (
     assert_same_object,
@@ -28,6 +31,8 @@ from tests.integration.harness import (
     listed_job,
     run_until_idle,
     send,
+    wait_for,
+    worker_process,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -188,3 +193,80 @@ async def test_refusals_are_dead_lettered_with_their_reason_while_other_jobs_cop
     assert summary.results == {"copied": 2, "failed": 4}
     assert open_uploads(s3_clients["china"], dst) == []
     assert drain_queue(sqs_global, queues.queue_url) == []
+
+
+async def test_a_job_held_by_two_workers_at_once_ends_as_one_correct_object(
+        faulty_config: Path, faults: dict[str, FaultProxy], queues: Any,
+        make_bucket: Callable[[str], str], s3_clients: dict[str, Any], sqs_global: Any) -> None:
+    """Duplicates of every job, half the heartbeats lost, slow parts: two workers race for
+    the same keys. Each key ends as one correct object, the losers record ``skipped``, nothing
+    is dead-lettered and no upload is left open."""
+    src, dst = make_bucket("global"), make_bucket("china")
+    sizes = seed_objects(s3_clients["global"], src, small=4, large=3, seed=11)
+    jobs = [copy_job("global", src, key, "china", dst) for key in sizes]
+    send(sqs_global, queues, [*jobs, *jobs])  # every job twice, as a re-run backfill may
+    faults["global"].set_rules([rules(Fault.DROP, 0.8, "ChangeMessageVisibilityBatch")])
+    faults["china"].set_rules([rules(Fault.LATENCY, 1.0, "UploadPart", seconds=1.5)])
+    metrics = [WorkerMetrics(), WorkerMetrics()]
+
+    summaries = await asyncio.gather(*(
+        run_until_idle(faulty_config, queues, metrics=m, max_attempts=8, max_jobs=3,
+                       **{**FAULTY, "max_parts": 2}) for m in metrics))
+
+    for proxy in faults.values():
+        proxy.clear()
+    for key in sizes:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+    assert dead_letters(sqs_global, queues) == {}
+    assert drain_queue(sqs_global, queues.queue_url) == []
+    assert open_uploads(s3_clients["china"], dst) == []
+    results = summaries[0].results + summaries[1].results
+    # each message settled once; whoever found the key written or being written skipped it
+    assert results["copied"] + results["skipped"] == 2 * len(jobs)
+    assert results["copied"] >= len(jobs) and results["skipped"] >= 1
+    assert "failed" not in results
+
+
+def parts_seen(client: Any, bucket: str) -> set[tuple[str, int]]:
+    """(upload id, part number) of every part of every upload open in ``bucket``."""
+    seen = set()
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        with contextlib.suppress(Exception):  # completed or aborted meanwhile
+            parts = client.list_parts(Bucket=bucket, Key=upload["Key"],
+                                      UploadId=upload["UploadId"]).get("Parts", [])
+            seen |= {(upload["UploadId"], p["PartNumber"]) for p in parts}
+    return seen
+
+
+async def test_workers_killed_mid_copy_again_and_again_finish_and_leave_no_upload_open(
+        config_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any], sqs_global: Any, tmp_path: Path) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    sizes = seed_objects(s3_clients["global"], src, small=2, large=4, seed=5)
+    send(sqs_global, queues, [copy_job("global", src, key, "china", dst) for key in sizes])
+    settings = {**FAULTY, "max_parts": 2, "max_jobs": 2}
+    logs = []
+    for round_ in range(3):  # a worker starts, uploads some parts, and is killed
+        before = parts_seen(s3_clients["china"], dst)
+        logs.append(tmp_path / f"worker-{round_}.log")
+        with worker_process(config_path, queues, logs[-1], port=free_port(),
+                            **settings) as proc:
+            wait_for(lambda seen=before: len(parts_seen(s3_clients["china"], dst) - seen) >= 2,
+                     timeout=90, every=0.1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    metrics = WorkerMetrics()
+
+    summary = await run_until_idle(config_path, queues, metrics=metrics, **settings)
+
+    for key in sizes:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+    assert open_uploads(s3_clients["china"], dst) == []
+    assert dead_letters(sqs_global, queues) == {}
+    assert drain_queue(sqs_global, queues.queue_url) == []
+    # the killed workers' parts were taken over, not uploaded again
+    events = [json.loads(line) for log in logs[1:] for line in log.read_text().splitlines()
+              if line.startswith("{")]
+    reused = metrics.parts_reused._value.get() + sum(
+        e["parts_found"] for e in events if e["event"] == "upload_resumed")
+    assert reused >= 2, summary.as_dict()

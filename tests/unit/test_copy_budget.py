@@ -62,6 +62,9 @@ class CountingStore:
     async def list_multipart_uploads(self, **_: Any) -> dict[str, Any]:
         return {"Uploads": []}
 
+    async def list_parts(self, **_: Any) -> dict[str, Any]:
+        return {"Parts": []}
+
     async def create_multipart_upload(self, **_: Any) -> dict[str, Any]:
         return {"UploadId": "u"}
 

@@ -3,6 +3,8 @@ on a key, and the upload's life against an in-memory store whose clock the test 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -64,20 +66,34 @@ class Store:
         self.created = 0
 
     def _answer(self, **fields: Any) -> dict[str, Any]:
+        """An answer with the store's Date (callers yield first, as a round trip would)."""
         date = format_datetime(self.now, usegmt=True)
         return {**fields, "ResponseMetadata": {"HTTPHeaders": {"date": date}}}
 
     async def list_multipart_uploads(self, *, Prefix: str, **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
         return self._answer(Uploads=[{"Key": u["key"], "UploadId": i, "Initiated": u["at"]}
                                      for i, u in self.uploads.items()
                                      if u["key"].startswith(Prefix)])
 
-    async def list_parts(self, *, UploadId: str, **_: Any) -> dict[str, Any]:
+    async def list_parts(self, *, UploadId: str, PartNumberMarker: int = 0,
+                         **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
         parts = self.uploads[UploadId]["parts"]
-        return self._answer(Parts=[{"PartNumber": n, "Size": size, "ETag": f'"e{n}"',
-                                    "LastModified": at} for n, (size, at) in parts.items()])
+        return self._answer(Parts=[{"PartNumber": n, "Size": size, "ETag": etag,
+                                    "LastModified": at}
+                                   for n, (size, at, etag) in sorted(parts.items())
+                                   if n > PartNumberMarker])
+
+    async def upload_part(self, *, UploadId: str, PartNumber: int, Body: bytes,
+                          **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        etag = f'"{hashlib.md5(Body).hexdigest()}"'
+        self.uploads[UploadId]["parts"][PartNumber] = (len(Body), self.now, etag)
+        return {"ETag": etag}
 
     async def create_multipart_upload(self, *, Key: str, **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
         self.created += 1
         upload_id = f"u{self.created}"
         self.uploads[upload_id] = {"key": Key, "at": self.now, "parts": {}}
@@ -86,16 +102,18 @@ class Store:
         return {"UploadId": upload_id}
 
     async def abort_multipart_upload(self, *, UploadId: str, **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
         self.uploads.pop(UploadId)
         return {}
 
     async def complete_multipart_upload(self, *, UploadId: str, **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
         self.uploads.pop(UploadId)
         self.completed.append(UploadId)
         return {}
 
-    def upload_part(self, upload_id: str, number: int, size: int) -> None:
-        self.uploads[upload_id]["parts"][number] = (size, self.now)
+    def put_part(self, upload_id: str, number: int, size: int) -> None:
+        self.uploads[upload_id]["parts"][number] = (size, self.now, f'"e{number}"')
 
 
 def transfer() -> Transfer:
@@ -114,7 +132,7 @@ async def test_a_failed_attempt_keeps_its_upload_and_asks_the_next_to_wait_until
     store = Store()
     with pytest.raises(RetryNow) as failed:
         async with multipart(store) as up:
-            store.upload_part(up.upload_id, 1, 5)
+            store.put_part(up.upload_id, 1, 5)
             raise RetryNow("the destination went away")
     assert failed.value.retry_after == 30
     assert list(store.uploads) == ["u1"]
@@ -141,7 +159,7 @@ async def test_a_live_upload_of_the_key_is_left_alone_and_the_attempt_steps_back
     store = Store()
     store.uploads["theirs"] = {"key": "k", "at": store.now, "parts": {}}
     store.now += timedelta(seconds=10)
-    store.upload_part("theirs", 1, 5)  # someone is uploading parts right now
+    store.put_part("theirs", 1, 5)  # someone is uploading parts right now
     with pytest.raises(UploadBusy) as busy:
         async with multipart(store):
             pytest.fail("must not start while another attempt may drive this key")
@@ -171,3 +189,34 @@ async def test_leftovers_are_cleared_when_quiet_and_only_then() -> None:
     uploads = OpenUploads(store, transfer().call, bucket="b", key="k")
     assert await clear_quiet(uploads, quiet=30) == 1
     assert list(store.uploads) == ["live"]
+
+
+async def test_of_two_attempts_adopting_one_upload_at_once_only_the_last_claim_goes_on() -> None:
+    store = Store()
+    store.uploads["left"] = {"key": "k", "at": store.now, "parts": {}}
+    store.put_part("left", 1, 5)
+    store.now += timedelta(seconds=40)
+    a, b = multipart(store), multipart(store)
+
+    # every store call yields: both find the quiet upload before either claims it
+    entered = await asyncio.gather(a.__aenter__(), b.__aenter__(), return_exceptions=True)
+
+    [busy] = [e for e in entered if isinstance(e, BaseException)]
+    [owner] = [e for e in entered if isinstance(e, MultipartUpload)]
+    assert isinstance(busy, UploadBusy) and owner.upload_id == "left"
+    await owner.complete([], extra={})
+    assert store.completed == ["left"]
+
+
+async def test_a_creator_whose_upload_was_taken_over_does_not_complete_or_abort_it() -> None:
+    store = Store()
+    creator = multipart(store)
+    up = await creator.__aenter__()
+    store.now += timedelta(seconds=40)  # the creator went quiet (its lease was given up)
+    async with multipart(store) as adopter:
+        assert adopter.upload_id == up.upload_id
+        with pytest.raises(UploadBusy):
+            await up.complete([], extra={})
+        await creator.__aexit__(None, None, None)  # even a clean exit leaves it alone
+        await adopter.complete([], extra={})
+    assert store.completed == [up.upload_id] and store.uploads == {}

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from common.errors import Unsupported
 from common.limits import GIB, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE, TIB
-from worker.planner import Limits, Strategy, part_size_for, plan, split
+from worker.planner import DATA_PARTS, Limits, Strategy, part_size_for, plan, split
 
 LIMITS = Limits(part_size=8 * MIB, multipart_threshold=16 * MIB)
 
@@ -53,16 +53,17 @@ def test_5_gib_boundary_object_streams_in_parts_within_limits() -> None:
     assert all(MIN_PART_SIZE <= part.length <= MAX_PART_SIZE for part in p.parts)
 
 
-def test_part_size_grows_to_keep_10000_parts() -> None:
+def test_part_size_grows_to_keep_9999_parts_and_the_last_part_number_for_the_claim() -> None:
+    assert DATA_PARTS == MAX_PARTS - 1
     size = 1 * TIB
     ps = part_size_for(size, 8 * MIB)
-    assert -(-size // ps) <= MAX_PARTS
+    assert -(-size // ps) <= DATA_PARTS
     assert ps % MIB == 0
 
 
 def test_too_large_object_is_unsupported_not_a_crash() -> None:
     with pytest.raises(Unsupported):
-        plan(size=MAX_PARTS * MAX_PART_SIZE + 1, server_side=False, limits=Limits(
+        plan(size=DATA_PARTS * MAX_PART_SIZE + 1, server_side=False, limits=Limits(
             max_object_size=MAX_PARTS * MAX_PART_SIZE * 2))
     with pytest.raises(Unsupported):
         plan(size=6 * TIB, server_side=False, limits=Limits(max_object_size=5 * TIB))
@@ -74,13 +75,13 @@ def test_plan_is_frozen() -> None:
         p.size = 1  # type: ignore[misc]
 
 
-@given(size=st.integers(min_value=1, max_value=MAX_PARTS * MAX_PART_SIZE),
+@given(size=st.integers(min_value=1, max_value=DATA_PARTS * MAX_PART_SIZE),
        preferred=st.integers(min_value=1, max_value=6 * GIB))
 def test_parts_cover_every_byte_once_within_s3_limits(size: int, preferred: int) -> None:
     ps = part_size_for(size, preferred)
     assert MIN_PART_SIZE <= ps <= MAX_PART_SIZE
     count = -(-size // ps)
-    assert 1 <= count <= MAX_PARTS
+    assert 1 <= count <= DATA_PARTS
     if size <= 50 * GIB:  # materialise only what is cheap
         parts = split(size, ps)
         assert parts[0].start == 0 and parts[-1].end == size - 1
