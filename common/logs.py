@@ -22,13 +22,18 @@ _PRESIGNED = re.compile(
     r"(X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|"
     r"x-oss-signature|q-signature|OSSAccessKeyId)=[^&\s\"']+", re.I)
 _AUTH_HEADER = re.compile(r"(Authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}]+", re.I)
+# A session token as a header some store quoted back ("x-amz-security-token: ..."); as a
+# query parameter it is one of the presigned ones above.
+_TOKEN_HEADER = re.compile(r"(X-Amz-Security-Token['\"]?\s*:\s*['\"]?)[^'\",;\s}]+", re.I)
 
 
 def scrub_text(text: str) -> str:
-    """Redact signatures, credentials and Authorization values inside free text."""
+    """Redact signatures, credentials, session tokens and Authorization values inside free
+    text."""
     if "=" not in text and ":" not in text:  # both patterns need one: most values are ids
         return text
     text = _PRESIGNED.sub(lambda m: f"{m.group(1)}=REDACTED", text)
+    text = _TOKEN_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
     return _AUTH_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
 
 

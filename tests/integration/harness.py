@@ -49,12 +49,12 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 60, every: float 
 
 
 @contextmanager
-def worker_process(config: Path, queues: Any, log: Path, *, port: int,
+def worker_process(config: Path, queues: Any, log: Path, *, port: int, log_level: str = "info",
                    **worker: object) -> Iterator[subprocess.Popen[bytes]]:
     """``s3ferry worker`` as a process of its own, its output in ``log``; ``worker`` settings
     go through the environment as the deploy files set them."""
     env = dict(os.environ, S3FERRY_LOG_FORMAT="json", S3FERRY_METRICS_HOST="127.0.0.1",
-               S3FERRY_WORKER__WAIT_TIME_SECONDS="1")
+               S3FERRY_WORKER__WAIT_TIME_SECONDS="1", S3FERRY_LOG_LEVEL=log_level)
     env.update({f"S3FERRY_WORKER__{k.upper()}": str(v) for k, v in worker.items()})
     argv = [sys.executable, "-m", "worker", "--config", str(config), "--queue-url",
             queues.queue_url, "--dlq-url", queues.dlq_url, "--metrics-port", str(port)]

@@ -11,7 +11,10 @@ import dataclasses
 import json
 import os
 import random
+import re
 import signal
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -270,3 +273,92 @@ async def test_workers_killed_mid_copy_again_and_again_finish_and_leave_no_uploa
     reused = metrics.parts_reused._value.get() + sum(
         e["parts_found"] for e in events if e["event"] == "upload_resumed")
     assert reused >= 2, summary.as_dict()
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+async def test_a_failing_queue_leaves_the_worker_running_but_not_ready_until_it_answers(
+        faulty_config: Path, faults: dict[str, FaultProxy], queues: Any,
+        make_bucket: Callable[[str], str], s3_clients: dict[str, Any], sqs_global: Any,
+        tmp_path: Path) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    s3_clients["global"].put_object(Bucket=src, Key="after.txt", Body=b"the queue is back")
+    faults["global"].set_rules([rules(Fault.INTERNAL, 1.0, "ReceiveMessage")])
+    port = free_port()
+    with worker_process(faulty_config, queues, tmp_path / "worker.log", port=port,
+                        **FAULTY) as proc:
+        wait_for(lambda: faults["global"].injected[("ReceiveMessage", "internal")] >= 6,
+                 timeout=60, every=0.1)
+        status, why = probe(port, "/readyz")
+        assert (status, proc.poll()) == (503, None), why
+        assert "ReceiveMessage failed" in why
+        assert probe(port, "/healthz")[0] == 200  # alive: its event loop turns
+
+        faults["global"].clear()
+        wait_for(lambda: probe(port, "/readyz")[0] == 200, timeout=60, every=0.2)
+        send(sqs_global, queues, [copy_job("global", src, "after.txt", "china", dst)])
+        wait_for(lambda: dst_keys(s3_clients["china"], dst), timeout=60, every=0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, "after.txt")
+    assert dead_letters(sqs_global, queues) == {}
+
+
+def dst_keys(client: Any, bucket: str) -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+SECRET, TOKEN = "SECRET-k3y-do-not-print-0451", "TOKEN-s3ss10n-do-not-print-2112"
+
+
+def with_keys(config: Path, out: Path) -> Path:
+    """The same config with a secret key and a session token of ours on every endpoint."""
+    text = config.read_text().replace(
+        'secret_access_key = "test" }',
+        f'secret_access_key = "{SECRET}", session_token = "{TOKEN}" }}')
+    assert text.count(SECRET) == 3
+    return write_private(out, text)
+
+
+async def test_no_key_token_signature_or_presigned_query_reaches_a_log(
+        faulty_config: Path, faults: dict[str, FaultProxy], queues: Any,
+        make_bucket: Callable[[str], str], s3_clients: dict[str, Any], sqs_global: Any,
+        tmp_path: Path) -> None:
+    """A whole faulty run at debug level, whose store quotes the request's credentials back
+    in its error messages: its log and its dead letters hold none of them."""
+    config = with_keys(faulty_config, tmp_path / "keys.toml")
+    src, dst = make_bucket("global"), make_bucket("china")
+    sizes = seed_objects(s3_clients["global"], src, small=6, large=2, seed=3)
+    s3_clients["global"].put_object(Bucket=src, Key="refused/x.txt", Body=b"x")
+    keys = [*sizes, "refused/x.txt"]
+    send(sqs_global, queues, [copy_job("global", src, key, "china", dst) for key in keys])
+    for proxy in faults.values():
+        proxy.set_rules(rules_for_s3((
+            rules(Fault.EARLY_ERROR, 1.0, "PutObject", match="/refused/", echo=True,
+                  code="SignatureDoesNotMatch"),
+            rules(Fault.INTERNAL, 0.3, echo=True))))
+    log = tmp_path / "worker.log"
+    with worker_process(config, queues, log, port=free_port(), log_level="debug",
+                        exit_when_idle=True, **FAULTY) as proc:
+        proc.wait(timeout=240)
+    letters = drain_queue(sqs_global, queues.dlq_url)
+
+    assert sum(p.injected_total() for p in faults.values()) > 5
+    for key in sizes:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key)
+    [letter] = letters
+    assert letter["MessageAttributes"]["reason"]["StringValue"] == (
+        "credentials:SignatureDoesNotMatch")
+    written = log.read_text() + json.dumps(letters)
+    assert "REDACTED" in written  # what the store said was scrubbed, not lost
+    for secret in (SECRET, TOKEN):
+        assert secret not in written
+    assert not re.search(r"\b[0-9a-f]{64}\b", written)  # no SigV4 signature
+    assert not re.search(r"(?i)(X-Amz-Credential|X-Amz-Signature)=(?!REDACTED)", written)
+    assert not re.search(r"(?i)Authorization: AWS4-HMAC-SHA256 Credential", written)

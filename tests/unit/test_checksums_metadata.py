@@ -120,6 +120,14 @@ def test_sequencers_compare_after_padding() -> None:
     assert newer_than(None, "0056") and newer_than("01", None)
 
 
+def test_a_session_token_quoted_as_a_header_is_scrubbed() -> None:
+    token = "FwoGZXIvYXdzE" + os.urandom(8).hex()
+    for said in (f"x-amz-security-token: {token}; retry", f"'X-Amz-Security-Token': '{token}'",
+                 f"?X-Amz-Security-Token={token}&x=1"):
+        text = scrub_text(f"store said: {said}")
+        assert token not in text and "REDACTED" in text
+
+
 def test_presigned_queries_and_auth_headers_are_scrubbed() -> None:
     secret = os.urandom(8).hex()
     url = (f"https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&"
@@ -132,13 +140,14 @@ def test_presigned_queries_and_auth_headers_are_scrubbed() -> None:
 # the patterns alone, without the shortcut for text holding neither "=" nor ":"
 def _scrub_by_patterns(text: str) -> str:
     text = logs._PRESIGNED.sub(lambda m: f"{m.group(1)}=REDACTED", text)
+    text = logs._TOKEN_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
     return logs._AUTH_HEADER.sub(lambda m: f"{m.group(1)}REDACTED", text)
 
 
 _SCRUB_PIECES = st.sampled_from([
     "Authorization", "authorization", "X-Amz-Signature", "x-amz-credential", "Signature",
-    "q-signature", "OSSAccessKeyId", "=", ":", " ", "'", '"', "&", "?", "}", ",", "abc", "é",
-    "AKIA0123", "Bearer t0k3n"])
+    "q-signature", "OSSAccessKeyId", "X-Amz-Security-Token", ";", "=", ":", " ", "'", '"', "&",
+    "?", "}", ",", "abc", "é", "AKIA0123", "Bearer t0k3n"])
 
 
 @given(st.lists(_SCRUB_PIECES | st.text(max_size=4), max_size=12).map("".join))
