@@ -13,6 +13,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,6 +35,7 @@ from tests.integration.harness import (
     drain_queue,
     listed_job,
     run_until_idle,
+    running,
     send,
     wait_for,
     worker_process,
@@ -362,3 +365,61 @@ async def test_no_key_token_signature_or_presigned_query_reaches_a_log(
     assert not re.search(r"\b[0-9a-f]{64}\b", written)  # no SigV4 signature
     assert not re.search(r"(?i)(X-Amz-Credential|X-Amz-Signature)=(?!REDACTED)", written)
     assert not re.search(r"(?i)Authorization: AWS4-HMAC-SHA256 Credential", written)
+
+
+def backfill_argv(config: Path, queues: Any) -> list[str]:
+    return [sys.executable, "-m", "s3ferry", "backfill", "--config", str(config),
+            "--queue-url", queues.queue_url]
+
+
+def backfill(config: Path, queues: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(backfill_argv(config, queues), capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def queued(sqs: Any, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+def etags(client: Any, bucket: str) -> dict[str, tuple[int, str]]:
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        found |= {o["Key"]: (o["Size"], o["ETag"]) for o in page.get("Contents", [])}
+    return found
+
+
+async def test_a_backfill_killed_midway_and_run_again_converges(
+        faulty_config: Path, faults: dict[str, FaultProxy], queues: Any,
+        make_bucket: Callable[[str], str], s3_clients: dict[str, Any], sqs_global: Any,
+        tmp_path: Path) -> None:
+    src, dst = make_bucket("global"), make_bucket("china")
+    for n in range(400):
+        s3_clients["global"].put_object(Bucket=src, Key=f"k/{n:04d}", Body=os.urandom(n))
+    config = write_private(tmp_path / "routes.toml", route_config(faulty_config, src, dst))
+    # slow sends: the backfill is killed with part of its jobs on the queue
+    faults["global"].set_rules([rules(Fault.LATENCY, 1.0, "SendMessageBatch", seconds=0.4)])
+    with running(backfill_argv(config, queues), dict(os.environ),
+                 tmp_path / "backfill-1.log") as killed:
+        wait_for(lambda: queued(sqs_global, queues.queue_url) > 0, timeout=60, every=0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    faults["global"].clear()
+    await run_until_idle(config, queues, **FAULTY)
+    assert 0 < len(etags(s3_clients["china"], dst)) < 400  # what the first run had sent
+
+    again = await asyncio.to_thread(backfill, config, queues)
+    assert again.returncode == 0, again.stderr
+    await run_until_idle(config, queues, **FAULTY)
+
+    assert etags(s3_clients["china"], dst) == etags(s3_clients["global"], src)
+    third = await asyncio.to_thread(backfill, config, queues)
+    assert json.loads(third.stdout)["enqueued"]["jobs"] == {}  # nothing left to do
+    assert dead_letters(sqs_global, queues) == {}
+
+
+def route_config(config: Path, src: str, dst: str) -> str:
+    return config.read_text() + (
+        f'\n[routes.default]\nsource = {{ endpoint = "global", bucket = "{src}" }}\n'
+        f'destinations = [{{ endpoint = "china", bucket = "{dst}" }}]\n')
