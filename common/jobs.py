@@ -95,6 +95,10 @@ class CopyOptions(BaseModel):
     # The dispatcher's listing saw no destination object: a first attempt need not HEAD it
     # (a redelivery always does, so a retried copy is still skipped when already done).
     destination_absent: bool = False
+    # ``backfill --compare content``: a destination that looks copied is trusted only once its
+    # bytes, read back, have the source's checksum; otherwise it is copied again. Added
+    # within v1 (upgrade workers before dispatchers).
+    verify_content: bool = False
 
 
 class CopyJob(BaseModel):

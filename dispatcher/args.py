@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 # dispatcher.diff.Mode's values (a unit test keeps the two equal; importing it costs 0.1 s)
-COMPARE_MODES = ("size", "checksum", "always")
+COMPARE_MODES = ("size", "checksum", "content", "always")
 
 
 class Formatter(argparse.HelpFormatter):
@@ -61,7 +61,9 @@ def backfill_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", choices=COMPARE_MODES, default="size",
                         help="size: equal sizes count as copied (fast); checksum: equal sizes "
                              "are checked by full-object checksum or the worker's fingerprint "
-                             "(one HEAD per side); always: copy everything (default: size)")
+                             "(one HEAD per side); content: the workers read equal-sized "
+                             "destinations back and copy again those whose bytes differ; "
+                             "always: copy everything (default: size)")
     parser.add_argument("--delete", action="store_true",
                         help="also delete destination objects absent from the source (only "
                              "below the destination prefix and inside the route's globs)")

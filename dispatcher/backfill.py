@@ -182,7 +182,8 @@ class Backfill:
                 await self._sink.put(copy_job(
                     route, dest, relative_key=src.key, size=src.size, etag=src.etag,
                     storage_class=src.storage_class,
-                    destination_absent=decision.reason == "missing"))
+                    destination_absent=decision.reason == "missing",
+                    verify_content=decision.reason == "verify"))
             elif decision.action is Action.DELETE:
                 await self._sink.put(delete_job(route, dest, relative_key=decision.key))
         except Unmappable as exc:

@@ -11,6 +11,9 @@ Compare modes, per key present on both sides:
 * ``checksum`` - unequal sizes copy; equal sizes become ``check`` decisions that the caller
   settles with one HEAD per side via :func:`same_content` (full-object checksums where both
   sides have them, else the source ETag the worker stored in the copy's metadata);
+* ``content``  - unequal sizes copy; equal sizes become ``verify`` copies: the worker reads the
+  destination's bytes back and copies again only when their checksum is not the source's (a
+  destination whose metadata says "copied" but whose bytes are wrong is found and healed);
 * ``always``   - every wanted source object is copied (the worker still skips exact copies).
 
 Keys only at the destination become ``delete`` decisions; the caller decides whether deletes
@@ -34,6 +37,7 @@ from common.fingerprint import holds_copy
 class Mode(StrEnum):
     SIZE = "size"
     CHECKSUM = "checksum"
+    CONTENT = "content"
     ALWAYS = "always"
 
 
@@ -62,7 +66,7 @@ class Entry:
 class Decision:
     action: Action
     key: str
-    reason: str  # missing | size_differs | always | same_size | filtered | extra
+    reason: str  # missing | size_differs | always | verify | same_size | filtered | extra
     source: Entry | None = None
     destination: Entry | None = None
 
@@ -92,6 +96,8 @@ def compare(source: Entry | None, destination: Entry | None, mode: Mode,
         return Decision(Action.COPY, key, "size_differs", source, destination)
     if mode is Mode.SIZE:
         return Decision(Action.SKIP, key, "same_size", source, destination)
+    if mode is Mode.CONTENT:
+        return Decision(Action.COPY, key, "verify", source, destination)
     return Decision(Action.CHECK, key, "same_size", source, destination)
 
 

@@ -26,11 +26,12 @@ def _destination(dest: DestinationSpec, key: str) -> DestinationRef:
 def copy_job(route: Route, dest: DestinationSpec, *, relative_key: str, size: int | None,
              etag: str | None, version_id: str | None = None,
              sequencer: str | None = None, destination_absent: bool = False,
-             storage_class: str | None = None) -> CopyJob:
+             storage_class: str | None = None, verify_content: bool = False) -> CopyJob:
     """One copy of ``<source.prefix><relative_key>`` to ``<dest.prefix><relative_key>``.
 
     ``destination_absent``: the listing saw no destination object, so the worker's first
     attempt may skip its HEAD. ``storage_class``: the source's, as listed.
+    ``verify_content``: the worker reads the destination back before trusting it.
     """
     source = SourceRef(endpoint=route.source.endpoint, bucket=route.source.bucket,
                        key=route.source.prefix + relative_key, version_id=version_id,
@@ -38,7 +39,8 @@ def copy_job(route: Route, dest: DestinationSpec, *, relative_key: str, size: in
     return CopyJob(route=route.name or "default", source=source,
                    destination=_destination(dest, dest.prefix + relative_key),
                    options=CopyOptions(sequencer=sequencer,
-                                       destination_absent=destination_absent))
+                                       destination_absent=destination_absent,
+                                       verify_content=verify_content))
 
 
 def delete_job(route: Route, dest: DestinationSpec, *, relative_key: str,

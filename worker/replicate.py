@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from common import checksums
 from common.errors import (
     FerryError,
     GiveUp,
     Outcome,
+    RetryNow,
     SourceChanged,
     UploadGone,
     VerificationFailed,
@@ -154,7 +156,8 @@ class Replicator:
         server_side = (self._one_store(job.source.endpoint, job.destination.endpoint)
                        and source.copy_source() is not None)
         with_tags = job.options.preserve_tags and src_ep.tagging and dst_ep.tagging
-        small = (not server_side and job.source.etag is not None
+        small = (not server_side and not job.options.verify_content
+                 and job.source.etag is not None
                  and job.source.size is not None
                  and job.source.size <= self._limits.multipart_threshold)
         if server_side and direct_copy_allowed(job, self._limits, first_attempt=first_attempt):
@@ -169,7 +172,12 @@ class Replicator:
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
         same_store = src_ep.same_store(dst_ep)
         if skipped := self._skip(job, src, head, same_store=same_store):
-            return skipped
+            if not (job.options.verify_content and head is not None
+                    and skipped.reason.startswith("already_copied")):
+                return skipped
+            if await self._same_bytes(source, src, dest, head):
+                return JobResult(result="skipped", reason="verified_content")
+            log.warning("destination_differs", looked_copied_by=skipped.reason)
         layout = src.part_size if src.composite_layout() and fits_layout(
             src.size, src.part_size, src.parts_count) else None
         the_plan = plan(size=src.size, server_side=server_side, limits=self._limits,
@@ -252,6 +260,26 @@ class Replicator:
                              same_store=same_store):
             return JobResult(result="skipped", reason=f"already_copied:{why}")
         return None
+
+    async def _same_bytes(self, source: ByteSource, src: SourceObject, dest: Destination,
+                          head: Mapping[str, Any]) -> bool:
+        """Read the destination back: do its bytes have the source's checksum? The source's
+        own full-object checksum is taken when it has one; otherwise the source is read too."""
+        theirs = S3Source(dest.client, bucket=dest.bucket, key=dest.key)
+        read = partial(self._transfer.checksum_of, part_size=self._limits.part_size)
+        expected: str | None
+        if src.checksum is not None and src.checksum.comparable():
+            algorithm, expected = src.checksum.algorithm, src.checksum.value
+        else:
+            algorithm = checksums.DEFAULT_ALGORITHM
+            expected = await read(source, size=src.size, etag=src.etag, algorithm=algorithm,
+                                  side="source")
+            if expected is None:
+                raise RetryNow("the source's bytes did not come back whole",
+                               reason="corrupt_transfer")
+        got = await read(theirs, size=int(head["ContentLength"]), etag=str(head["ETag"]),
+                         algorithm=algorithm, side="destination")
+        return got == expected
 
     async def _tags(self, source: ByteSource, src: SourceObject) -> dict[str, str] | None:
         if src.tag_count == 0:

@@ -332,6 +332,22 @@ class Transfer:
                        source_checked=source_checked, response=response, resumed=up.resumed,
                        fallback="upload_checksum" if dest.checksums else "content_md5")
 
+    async def checksum_of(self, source: ByteSource, *, size: int, etag: str, algorithm: str,
+                          part_size: int, side: str) -> str | None:
+        """The full-object checksum of the bytes ``source`` gives, computed while they are read
+        in parts under the byte budget; None when they did not come back whole."""
+        async def one(part: Part) -> checksums.PartChecksum | None:
+            async with self._budget.take(part.length):
+                data = await self.call("GetObject", side,
+                                       partial(source.read, part, etag=etag))
+                return checksums.compute(algorithm, data) if len(data) == part.length else None
+
+        crcs = await gather_parts(one(p) for p in split(size, part_size))
+        if any(crc is None for crc in crcs):
+            return None
+        whole = checksums.combine(algorithm, [crc for crc in crcs if crc is not None])
+        return checksums.to_wire(algorithm, whole.value)
+
     # -- server-side ----------------------------------------------------------------------
 
     async def _server_copy(self, copy_source: dict[str, str], src: SourceObject,

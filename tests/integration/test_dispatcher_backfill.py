@@ -134,6 +134,43 @@ async def test_changed_source_is_copied_again_in_checksum_mode_but_not_in_size_m
     assert s3_clients["rclone"].get_object(Bucket=rclone, Key="a.txt")["Body"].read() == b"AAAA"
 
 
+async def test_a_destination_whose_bytes_are_wrong_is_found_and_healed_by_a_content_compare(
+        config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
+        s3_clients: dict[str, Any]) -> None:
+    """A copy that went bad behind s3ferry's back (its size and fingerprint metadata still
+    say "copied", as a store that lost the bytes of a completed upload would): size and
+    checksum compares trust it; ``--compare content`` reads it back and copies it again."""
+    src, dst = make_bucket("global"), make_bucket("china")
+    good = {"data/one.bin": os.urandom(6 * MIB), "data/two.txt": b"intact"}
+    put_many(s3_clients["global"], src, good)
+    config = with_routes(config_path, tmp_path, f"""
+[routes.r]
+source = {{ endpoint = "global", bucket = "{src}", prefix = "data/" }}
+destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
+""")
+    settings = settings_for(config, queues)
+    routes = list(settings.routes.values())
+    await run_backfill(settings, routes, BackfillOptions())
+    await run_until_idle(config, queues)
+    copied = s3_clients["china"].head_object(Bucket=dst, Key="one.bin")
+    s3_clients["china"].put_object(Bucket=dst, Key="one.bin", Body=os.urandom(6 * MIB),
+                                   Metadata=copied["Metadata"])  # same size, same fingerprint
+
+    for trusting in (Mode.SIZE, Mode.CHECKSUM):
+        looked = await run_backfill(settings, routes, BackfillOptions(mode=trusting),
+                                    dry_run=True)
+        assert looked["would_enqueue"]["jobs"] == {}
+    content = await run_backfill(settings, routes, BackfillOptions(mode=Mode.CONTENT))
+    assert content["enqueued"]["jobs"] == {"copy": 2}
+    summary = await run_until_idle(config, queues, part_size=5 * MIB)
+
+    assert summary.results == {"copied": 1, "skipped": 1}
+    assert summary.skipped == {"verified_content": 1}
+    for key in good:
+        assert_same_object(s3_clients["global"], src, s3_clients["china"], dst, key,
+                           key.removeprefix("data/"))
+
+
 async def test_delete_never_touches_keys_outside_the_destination_prefix_or_globs(
         config_path: Path, tmp_path: Path, queues: Any, make_bucket: Callable[[str], str],
         s3_clients: dict[str, Any]) -> None:

@@ -44,6 +44,8 @@ def model(src: dict[str, int], dst: dict[str, int], mode: Mode,
             out.append((key, "copy", "size_differs"))
         elif mode is Mode.SIZE:
             out.append((key, "skip", "same_size"))
+        elif mode is Mode.CONTENT:
+            out.append((key, "copy", "verify"))
         else:
             out.append((key, "check", "same_size"))
     return out
