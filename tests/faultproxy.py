@@ -223,6 +223,13 @@ class FaultProxy:
     # -- one request ------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        except (ConnectionResetError, aiohttp.ClientError):  # a side went away mid-request
+            self._cut(request)
+            raise  # not reached: _cut raises
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         operation = s3_operation(request.method, request.path, request.query, request.headers)
         rule = self._draw(operation, request.path)
         fault = rule.fault if rule is not None else None
