@@ -48,6 +48,7 @@ from common.errors import (
     RetryNow,
     SourceArchived,
     SourceVanished,
+    UploadBusy,
 )
 from common.health import Health
 from common.jobs import Bundle, CopyJob, DeleteJob, decode, decode_item, encode_bundle, item_body
@@ -379,7 +380,11 @@ class Consumer:
         return Outcome("ack", route)
 
     def _failed_attempt(self, route: str, exc: FerryError, final: bool) -> Outcome:
-        if final:
+        """Retry, or dead-letter a job out of attempts. A job stepping back for another attempt
+        that drives its upload (UploadBusy) is not out of attempts: its outcome is the other
+        attempt's, and its next receive finds the copy made (a last attempt never waits for
+        a live upload, so this ends)."""
+        if final and not isinstance(exc, UploadBusy):
             self._record(route, "failed")
             return Outcome("dead", route, "retries_exhausted", f"{exc.reason}: {exc}")
         self._record(route, "retried")

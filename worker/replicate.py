@@ -29,6 +29,7 @@ from common.errors import (
     Outcome,
     RetryNow,
     SourceChanged,
+    UploadBusy,
     UploadGone,
     VerificationFailed,
 )
@@ -187,21 +188,23 @@ class Replicator:
         try:
             written = await self._transfer.execute(the_plan, source, src, dest, args,
                                                    final_attempt=final_attempt)
-        except UploadGone:
-            return await self._after_upload_gone(job, src, dest, same_store=same_store)
+        except (UploadGone, UploadBusy) as lost:
+            return await self._after_losing_the_upload(job, src, dest, lost,
+                                                       same_store=same_store)
         return await self._finish(dest, src, written, the_plan.strategy.value, started)
 
-    async def _after_upload_gone(self, job: CopyJob, src: SourceObject, dest: Destination, *,
-                                 same_store: bool) -> JobResult:
-        """Our upload was completed or aborted under us: by another attempt of this job that
-        won a race, or by our own Complete whose answer was lost. Whoever wrote the
-        destination, it may already hold this copy; if not, the job is tried again."""
+    async def _after_losing_the_upload(self, job: CopyJob, src: SourceObject,
+                                       dest: Destination, lost: UploadGone | UploadBusy, *,
+                                       same_store: bool) -> JobResult:
+        """Our upload was completed or aborted under us (by another attempt of this job that
+        won a race, or by our own Complete whose answer was lost), or another attempt is
+        driving the key. Whoever wrote the destination, it may already hold this copy; if
+        not, the job is tried again."""
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
         if skipped := self._skip(job, src, head, same_store=same_store):
             log.info("upload_race_lost", reason=skipped.reason)
             return skipped
-        raise UploadGone("our multipart upload is gone and the destination does not hold the "
-                         "copy")
+        raise lost
 
     async def _copy_small(self, job: CopyJob, source: ByteSource, dest: Destination,
                           with_tags: bool, started: float, *, trust_absent: bool) -> JobResult:

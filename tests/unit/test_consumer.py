@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from common.errors import GiveUp, RetryNow
+from common.errors import GiveUp, RetryNow, UploadBusy
 from common.jobs import CopyJob, DestinationRef, SourceRef, encode, encode_bundle, jobs_of
 from common.metrics import WorkerMetrics
 from common.settings import WorkerSettings
@@ -471,3 +471,24 @@ async def test_a_retry_waits_at_least_as_long_as_the_failure_asked() -> None:
     consumer.stop()
     await asyncio.wait_for(run, timeout=10)
     assert sqs.released[0] == ("m0", 30)  # (this stand-in shows it again at once)
+
+
+class BusyOnce(Copies):
+    """The first attempt finds another attempt driving the key's upload."""
+
+    async def copy(self, job: CopyJob, **kwargs: Any) -> JobResult:
+        self.attempts[job.source.key] += 1
+        if self.attempts[job.source.key] == 1:
+            raise UploadBusy("another attempt may be writing this key", retry_after=0)
+        self.keys[job.source.key] += 1
+        return JobResult(result="skipped", reason="already_copied:fingerprint")
+
+
+async def test_a_job_stepping_back_for_another_attempt_is_not_dead_lettered_even_at_the_last(
+        ) -> None:
+    sqs, copies = MemorySqs([job_body("k")]), BusyOnce()
+
+    consumer = await consume(sqs, copies, max_jobs=1, max_attempts=1)
+
+    assert sqs.dead == [] and copies.attempts["k"] == 2
+    assert consumer.summary.results == {"retried": 1, "skipped": 1}
