@@ -54,7 +54,7 @@ class Fault(StrEnum):
 @dataclass(frozen=True)
 class Rule:
     """``fault`` for a share ``rate`` of the requests of ``operations`` (every one when
-    empty) whose path contains ``match``."""
+    empty) whose path contains ``match``, once ``after`` of them went through untouched."""
 
     fault: Fault
     rate: float
@@ -66,6 +66,7 @@ class Rule:
     # The error's message quotes the request's Authorization and security-token headers and
     # a presigned URL made of them, as a careless store might: nothing of it may reach a log.
     echo: bool = False
+    after: int = 0
 
     def applies(self, operation: str, path: str) -> bool:
         return (not self.operations or operation in self.operations) and self.match in path
@@ -144,6 +145,7 @@ class FaultProxy:
         self._rules: tuple[Rule, ...] = ()
         self._lock = threading.Lock()
         self.injected: Counter[tuple[str, str]] = Counter()
+        self._matched: Counter[Rule] = Counter()
         self.seen: Counter[str] = Counter()
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -156,6 +158,7 @@ class FaultProxy:
     def set_rules(self, new: Iterable[Rule]) -> None:
         with self._lock:
             self._rules = tuple(new)
+            self._matched.clear()
 
     def clear(self) -> None:
         self.set_rules(())
@@ -168,7 +171,10 @@ class FaultProxy:
         with self._lock:
             self.seen[operation] += 1
             for rule in self._rules:
-                if rule.applies(operation, path) and self._random.random() < rule.rate:
+                if not rule.applies(operation, path):
+                    continue
+                self._matched[rule] += 1
+                if self._matched[rule] > rule.after and self._random.random() < rule.rate:
                     self.injected[(operation, rule.fault.value)] += 1
                     return rule
         return None
@@ -204,7 +210,9 @@ class FaultProxy:
         self._stop = asyncio.Event()
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # a client that went away cancels its request (a held one too); stopping waits for no one
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, 0)
         await site.start()

@@ -398,8 +398,9 @@ async def test_a_backfill_killed_midway_and_run_again_converges(
     for n in range(400):
         s3_clients["global"].put_object(Bucket=src, Key=f"k/{n:04d}", Body=os.urandom(n))
     config = write_private(tmp_path / "routes.toml", route_config(faulty_config, src, dst))
-    # slow sends: the backfill is killed with part of its jobs on the queue
-    faults["global"].set_rules([rules(Fault.LATENCY, 1.0, "SendMessageBatch", seconds=0.4)])
+    # the first send goes through, every later one hangs: killed with part of its jobs sent
+    faults["global"].set_rules([rules(Fault.LATENCY, 1.0, "SendMessageBatch", seconds=600,
+                                      after=1)])
     with running(backfill_argv(config, queues), dict(os.environ),
                  tmp_path / "backfill-1.log") as killed:
         wait_for(lambda: queued(sqs_global, queues.queue_url) > 0, timeout=60, every=0.05)
