@@ -53,7 +53,7 @@ from common.jobs import jobs_of
 from common.limits import KIB, MIB
 from s3ferry.localbed import LocalBed, free_port, write_private
 from tests.faultproxy import Fault, FaultProxy, Rule, rules
-from tests.integration.harness import describe
+from tests.integration.harness import describe, route_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 S3_CALLS = frozenset({
@@ -341,10 +341,9 @@ class Soak:
                                          endpoint_url=proxies[name].url)
             return server.endpoint_toml(as_name)
 
-        route = (f'[routes.soak]\nsource = {{ endpoint = "global", bucket = "{self.src}" }}\n'
-                 f'destinations = [{{ endpoint = "china", bucket = "{self.dst}" }}]\n')
         return write_private(self.workdir / "s3ferry.toml", "\n".join(
-            [behind("global"), behind("china"), behind("global", "queue"), route]))
+            [behind("global"), behind("china"), behind("global", "queue"),
+             route_toml("soak", self.src, self.dst)]))
 
     def _backfill(self, config: Path, queue_url: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("S3FERRY_")}

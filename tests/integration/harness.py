@@ -102,6 +102,14 @@ def listed_job(client: Any, src_ep: str, src_bucket: str, key: str, dst_ep: str,
                     **kwargs)
 
 
+def route_toml(name: str, src_bucket: str, dst_bucket: str, *, prefix: str = "",
+               src: str = "global", dst: str = "china") -> str:
+    """A ``[routes.<name>]`` table: ``src_bucket`` (under ``prefix``) to ``dst_bucket``."""
+    return (f'\n[routes.{name}]\n'
+            f'source = {{ endpoint = "{src}", bucket = "{src_bucket}", prefix = "{prefix}" }}\n'
+            f'destinations = [{{ endpoint = "{dst}", bucket = "{dst_bucket}" }}]\n')
+
+
 def send(sqs: Any, queues: Any, jobs: Iterable[CopyJob | DeleteJob | str]) -> int:
     n = 0
     batch: list[dict[str, str]] = []

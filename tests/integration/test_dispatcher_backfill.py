@@ -21,7 +21,12 @@ from dispatcher.backfill import BackfillOptions
 from dispatcher.cli import run_backfill
 from dispatcher.diff import Mode
 from s3ferry.localbed import write_private
-from tests.integration.harness import RCLONE_DROPS, assert_same_object, run_until_idle
+from tests.integration.harness import (
+    RCLONE_DROPS,
+    assert_same_object,
+    route_toml,
+    run_until_idle,
+)
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,11 +148,7 @@ async def test_a_destination_whose_bytes_are_wrong_is_found_and_healed_by_a_cont
     src, dst = make_bucket("global"), make_bucket("china")
     good = {"data/one.bin": os.urandom(6 * MIB), "data/two.txt": b"intact"}
     put_many(s3_clients["global"], src, good)
-    config = with_routes(config_path, tmp_path, f"""
-[routes.r]
-source = {{ endpoint = "global", bucket = "{src}", prefix = "data/" }}
-destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
-""")
+    config = with_routes(config_path, tmp_path, route_toml("r", src, dst, prefix="data/"))
     settings = settings_for(config, queues)
     routes = list(settings.routes.values())
     await run_backfill(settings, routes, BackfillOptions())
@@ -215,11 +216,7 @@ async def test_backfill_of_ten_thousand_objects_end_to_end(
     put_many(s3_clients["global"], src, {f"big/{i % 37:02d}/{i:06d}": b"%d" % i
                                          for i in range(n)}, threads=32)
     seeded = time.monotonic()
-    config = with_routes(config_path, tmp_path, f"""
-[routes.big]
-source = {{ endpoint = "global", bucket = "{src}", prefix = "big/" }}
-destinations = [{{ endpoint = "china", bucket = "{dst}" }}]
-""")
+    config = with_routes(config_path, tmp_path, route_toml("big", src, dst, prefix="big/"))
     settings = settings_for(config, queues)
     routes = list(settings.routes.values())
 

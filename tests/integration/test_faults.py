@@ -34,6 +34,7 @@ from tests.integration.harness import (
     dead_letters,
     drain_queue,
     listed_job,
+    route_toml,
     run_until_idle,
     running,
     send,
@@ -397,7 +398,7 @@ async def test_a_backfill_killed_midway_and_run_again_converges(
     src, dst = make_bucket("global"), make_bucket("china")
     for n in range(400):
         s3_clients["global"].put_object(Bucket=src, Key=f"k/{n:04d}", Body=os.urandom(n))
-    config = write_private(tmp_path / "routes.toml", route_config(faulty_config, src, dst))
+    config = write_private(tmp_path / "routes.toml", with_route(faulty_config, src, dst))
     # the first send goes through, every later one hangs: killed with part of its jobs sent
     faults["global"].set_rules([rules(Fault.LATENCY, 1.0, "SendMessageBatch", seconds=600,
                                       after=1)])
@@ -420,7 +421,5 @@ async def test_a_backfill_killed_midway_and_run_again_converges(
     assert dead_letters(sqs_global, queues) == {}
 
 
-def route_config(config: Path, src: str, dst: str) -> str:
-    return config.read_text() + (
-        f'\n[routes.default]\nsource = {{ endpoint = "global", bucket = "{src}" }}\n'
-        f'destinations = [{{ endpoint = "china", bucket = "{dst}" }}]\n')
+def with_route(config: Path, src: str, dst: str) -> str:
+    return config.read_text() + route_toml("default", src, dst)
