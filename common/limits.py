@@ -8,6 +8,10 @@ GIB = 1024 * MIB
 TIB = 1024 * GIB
 
 MAX_PARTS = 10_000
+# s3ferry's own use of the part numbers: the last one is an adopted upload's claim, never data
+# (worker.multipart), so a copy has at most DATA_PARTS parts.
+CLAIM_PART = MAX_PARTS
+DATA_PARTS = MAX_PARTS - 1
 MIN_PART_SIZE = 5 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_SINGLE_PUT = 5 * GIB

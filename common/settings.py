@@ -162,6 +162,13 @@ class WorkerSettings(BaseModel):
     retry_max_seconds: float = Field(default=30.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
 
+    @property
+    def upload_quiet_seconds(self) -> float:
+        """Half a lease: a job whose lease went unrenewed this long is given up
+        (worker.consumer), so an upload idle this long has no live driver (worker.multipart).
+        One value for both: the second rests on the first."""
+        return self.visibility_timeout / 2
+
     @field_validator("server_copy_budget")
     @classmethod
     def _whole_mebibytes(cls, value: int) -> int:

@@ -23,7 +23,9 @@
   carries their attempts; then the bundle is deleted. If that send fails, the whole bundle is
   released instead (its finished jobs are skipped next time: the destination has them).
 * Shutdown, in order: stop receiving -> drain until the deadline -> release what is unfinished
-  (visibility 0) -> flush acks -> return. Acks and dead-lettering run under ``asyncio.shield``.
+  (visibility 0) -> flush acks -> return. A message's outcome (ack, dead letters, requeue,
+  release) is written whole under ``asyncio.shield``: a drain or a lost lease that cancels its
+  job then neither cuts it short nor releases the message beside it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -85,8 +87,8 @@ class Lease:
     receive_count: int
     weight: float = 1.0  # jobs of this message counted in the worker's load, not yet done
     received_at: float = field(default_factory=time.monotonic)
-    expires: float = 0.0  # time.monotonic() when SQS may hand the message to someone else
     watchdog: asyncio.TimerHandle | None = None  # gives the lease up if not renewed
+    settling: bool = False  # its outcome is being written: only that decides the message
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._idle_exit = False
         self._tasks: dict[asyncio.Task[None], Lease] = {}
+        self._settlements: set[asyncio.Task[None]] = set()  # outcomes being written
         self._acks: asyncio.Queue[Lease] = asyncio.Queue()
         self._ack_room = asyncio.Semaphore(ACKS_IN_FLIGHT)
         self.receivers = settings.receivers or min(
@@ -225,7 +228,6 @@ class Consumer:
             if room is None:
                 break
             n, each = room
-            sent_at = time.monotonic()
             try:
                 messages = await self._until_stopped(self._receive(n))
                 failures = 0
@@ -243,7 +245,7 @@ class Consumer:
             if messages:
                 idle = 0
                 for message in messages:
-                    self._start(message, each, sent_at)
+                    self._start(message, each)
                 await asyncio.sleep(0)  # let them read their messages: the next estimate
             elif not self._tasks:
                 idle += 1
@@ -311,12 +313,13 @@ class Consumer:
         return Lease(message["MessageId"], message["ReceiptHandle"], message.get("Body", ""),
                      count, weight)
 
-    def _start(self, message: dict[str, Any], weight: float, sent_at: float) -> None:
+    def _start(self, message: dict[str, Any], weight: float) -> None:
         lease = self._lease(message, weight)
         task = asyncio.create_task(self._handle(lease))
         self._tasks[task] = lease
         task.add_done_callback(self._finished)
-        self._leased_until(lease, task, sent_at + self._settings.visibility_timeout)
+        # SQS starts the lease when it answers, not when the (long) poll was sent
+        self._leased_until(lease, task, lease.received_at + self._settings.visibility_timeout)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         lease = self._tasks.pop(task, None)
@@ -333,14 +336,25 @@ class Consumer:
         try:
             message = decode(lease.body)
         except BadMessage as exc:
-            await asyncio.shield(self._dead_letter(lease, exc.reason, str(exc), route="-"))
+            await self._settling(lease, self._dead_letter(lease, exc.reason, str(exc),
+                                                          route="-"))
             return
         if isinstance(message, Bundle):
             await self._process_bundle(lease, message)
             return
         self._weigh(lease, 1)
         outcome = await self._execute(message, attempt=lease.receive_count)
-        await asyncio.shield(self._settle(lease, outcome))
+        await self._settling(lease, self._settle(lease, outcome))
+
+    async def _settling(self, lease: Lease, settle: Coroutine[Any, Any, None]) -> None:
+        """Write a message's outcome (ack, dead letter, requeue, release) whole: cancelling the
+        job now (a drain deadline, a lost lease) neither cuts it short nor releases the
+        message beside it; a drain waits for it."""
+        lease.settling = True
+        task = asyncio.create_task(settle)
+        self._settlements.add(task)
+        task.add_done_callback(self._settlements.discard)
+        await asyncio.shield(task)
 
     async def _execute(self, job: CopyJob | DeleteJob, *, attempt: int) -> Outcome:
         """Run one job (``attempt`` counts from 1) and say what it means for its message."""
@@ -407,7 +421,7 @@ class Consumer:
         at most a lease, but never less than ``at_least`` (what the failure asked for)."""
         jittered = min(self._settings.visibility_timeout,
                        int(random.uniform(1, 2 ** min(attempt, 8))))
-        return min(SQS_MAX_DELAY, max(jittered, math.ceil(at_least)))
+        return min(SQS_MAX_VISIBILITY, max(jittered, math.ceil(at_least)))
 
     # -- a bundle -------------------------------------------------------------------------
 
@@ -422,12 +436,20 @@ class Consumer:
         again = [item for item, o in zip(bundle.jobs, outcomes, strict=True)
                  if o.action == "retry"]
         at_least = max((o.retry_after for o in outcomes if o.action == "retry"), default=0.0)
-        again += await asyncio.shield(self._dead_letter_jobs(lease, bundle, attempt, dead))
-        delay = self._backoff(attempt, at_least)
-        if again and not await asyncio.shield(self._requeue(bundle, again, attempt, delay)):
-            await asyncio.shield(self._release(lease, delay=delay))
+        await self._settling(lease, self._settle_bundle(lease, bundle, attempt, dead, again,
+                                                        self._backoff(attempt, at_least)))
+
+    async def _settle_bundle(self, lease: Lease, bundle: Bundle, attempt: int,
+                             dead: list[tuple[Any, Outcome]], again: list[Any],
+                             delay: int) -> None:
+        """Each failed job to the dead-letter queue, the ones to try again in a new delayed
+        bundle, then the bundle deleted; released whole if the new bundle cannot be sent."""
+        again = again + await self._dead_letter_jobs(lease, bundle, attempt, dead)
+        if again and not await self._requeue(bundle, again, attempt,
+                                             min(delay, SQS_MAX_DELAY)):
+            await self._release(lease, delay=delay)
             return
-        await asyncio.shield(self._ack(lease))
+        await self._ack(lease)
 
     async def _bundled(self, lease: Lease, item: Any, attempt: int) -> Outcome:
         try:
@@ -601,8 +623,8 @@ class Consumer:
             await asyncio.sleep(interval)
             leases = [(task, lease) for task, lease in self._tasks.items()
                       if time.monotonic() - lease.received_at < SQS_MAX_VISIBILITY - 60]
-            for i in range(0, len(leases), SQS_MAX_BATCH):
-                await self._extend(leases[i:i + SQS_MAX_BATCH])
+            await asyncio.gather(*(self._extend(leases[i:i + SQS_MAX_BATCH])
+                                   for i in range(0, len(leases), SQS_MAX_BATCH)))
 
     async def _extend(self, leases: list[tuple[asyncio.Task[None], Lease]]) -> None:
         lease_seconds = self._settings.visibility_timeout
@@ -625,18 +647,18 @@ class Consumer:
                 self._leased_until(lease, task, sent_at + lease_seconds)
 
     def _leased_until(self, lease: Lease, task: asyncio.Task[None], expires: float) -> None:
-        """The message is ours until ``expires``: give it up when half its lease is left
-        unrenewed, so whoever SQS hands it to next finds our work stopped and quiet."""
-        lease.expires = expires
+        """The message is ours until ``expires`` (time.monotonic()): give it up when half its
+        lease is left unrenewed, so whoever SQS hands it to next finds our work stopped and
+        its uploads quiet (worker.multipart)."""
         if lease.watchdog is not None:
             lease.watchdog.cancel()
-        give_up_at = expires - self._settings.visibility_timeout / 2
+        give_up_at = expires - self._settings.upload_quiet_seconds
         loop = asyncio.get_running_loop()
         lease.watchdog = loop.call_at(loop.time() + give_up_at - time.monotonic(),
                                       self._lease_lost, lease, task)
 
     def _lease_lost(self, lease: Lease, task: asyncio.Task[None]) -> None:
-        if task.done() or self._tasks.get(task) is not lease:
+        if task.done() or self._tasks.get(task) is not lease or lease.settling:
             return
         self._metrics.leases_lost.inc()
         log.warning("lease_lost", message_id=lease.message_id,
@@ -657,6 +679,8 @@ class Consumer:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        for lease in leases:
+        unfinished = [lease for lease in leases if not lease.settling]
+        for lease in unfinished:
             await self._release(lease, delay=0)
-        log.info("released_unfinished", count=len(leases))
+        await asyncio.gather(*self._settlements, return_exceptions=True)
+        log.info("released_unfinished", count=len(unfinished))

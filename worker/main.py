@@ -98,7 +98,7 @@ async def _run(settings: Settings, metrics: WorkerMetrics, health: Health,
         transfer = Transfer(budget=budget, metrics=metrics, retry=retry,
                             request_timeout=w.request_timeout,
                             copy_budget=copy_budget_from(w),
-                            upload_quiet=w.visibility_timeout / 2)
+                            upload_quiet=w.upload_quiet_seconds)
         replicator = replicator_cls(clients=s3, transfer=transfer,
                                 limits=limits_from(settings, budget), metrics=metrics, retry=retry)
         consumer = Consumer(sqs=sqs, queue_url=settings.queue_url, dlq_url=settings.dlq_url,

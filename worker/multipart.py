@@ -6,14 +6,21 @@ looks at every upload already open on its key. Each was left by a worker that wa
 an attempt that failed and kept it, or is being driven right now by another worker holding
 a duplicate of the job. The store's clocks tell them apart (:func:`settle`):
 
-* **quiet** uploads (nothing started or uploaded for ``quiet`` seconds, half a lease) have
-  no live driver: a worker renews its lease every quarter of it and gives up a job whose lease
-  went unrenewed for half of it (:mod:`worker.consumer`). The newest quiet upload whose parts
-  provably hold this source version is adopted; every other quiet one is aborted.
-* an upload that is **not quiet** may have a live driver, and two drivers must never complete
-  one upload. The attempt steps back (:class:`~common.errors.UploadBusy`, retried once the
-  upload would be quiet) unless it is the job's last attempt: then it aborts the upload and
-  goes on; a live driver finds its upload gone and re-checks the destination.
+* **quiet** uploads (nothing started or uploaded for ``quiet`` seconds, half a lease) are
+  taken to have no live driver: a worker gives up a job whose lease went unrenewed for half
+  of it (:mod:`worker.consumer`), so a killed or cut-off driver is quiet by the time its job
+  comes back. The newest quiet upload whose parts provably hold this source version (and that
+  was made with our checksum algorithm) is adopted; every other quiet one is aborted.
+* an upload that is **not quiet** may have a live driver. The attempt steps back
+  (:class:`~common.errors.UploadBusy`, retried once the upload would be quiet; it never counts
+  against the job's attempts) unless it is the job's last attempt: then it aborts the upload
+  and goes on.
+
+Quiet is a judgement: a live driver whose parts wait longer than ``quiet`` (a slow part,
+a full byte budget) can be taken for a dead one. That costs work, never a copy: an upload
+taken over keeps its provable parts and its driver steps back at its claim check (below),
+and one aborted under its driver ends in NoSuchUpload, which re-checks the destination and
+steps back while another upload of the key is live (:mod:`worker.replicate`).
 
 Two attempts may find the same quiet upload at the same moment (duplicates of one job), and
 S3 has no compare-and-set on an upload. So an adopter *claims* it: it uploads a part of its
@@ -25,9 +32,11 @@ the data parts only; S3 discards the claim.
 
 On exit without :meth:`MultipartUpload.complete` the upload is aborted when the failure is
 final or the attempt was the last, and kept otherwise: the error then carries
-``retry_after = quiet``, so the next attempt finds it quiet and continues from its parts.
-:func:`clear_quiet` aborts what a job's last attempt leaves when it ends without a multipart
-copy of its own (skipped, vanished, dead-lettered).
+``retry_after = quiet``, so the next attempt finds it quiet and continues from its parts. A
+CreateMultipartUpload whose answer was lost is not sent again; the next attempt finds the
+upload the store made, quiet (a last attempt aborts what it finds live instead).
+:func:`clear_quiet` aborts the quiet uploads a redelivered job finds on its key when it ends
+without a multipart copy of its own (skipped, vanished, dead-lettered).
 """
 
 from __future__ import annotations
@@ -52,12 +61,11 @@ from common.errors import (
     UploadBusy,
     UploadGone,
 )
-from common.limits import MAX_PARTS
+from common.limits import CLAIM_PART
 from common.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
-CLAIM_PART = MAX_PARTS  # the part an adopter claims an upload with
 
 
 class Call(Protocol):
@@ -97,6 +105,7 @@ class OpenUpload:
     initiated: datetime
     idle_seconds: float
     parts: tuple[dict[str, Any], ...] = ()
+    algorithm: str | None = None  # the checksum algorithm it was created with
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,8 @@ class OpenUploads:
             active = max([upload["Initiated"], *(p["LastModified"] for p in parts
                                                  if p.get("LastModified"))])
             found.append(OpenUpload(upload["UploadId"], upload["Initiated"],
-                                    (now - active).total_seconds(), tuple(parts)))
+                                    (now - active).total_seconds(), tuple(parts),
+                                    upload.get("ChecksumAlgorithm")))
         return found
 
     async def parts(self, upload_id: str) -> tuple[list[dict[str, Any]], datetime] | None:
@@ -248,6 +258,8 @@ class MultipartUpload:
                 Key=self.key, **self.create_args), idempotent=False)
         except AnswerLost as exc:  # the next attempt finds it, quiet, and takes it over
             exc.retry_after = max(exc.retry_after, self.quiet)
+            if self.last_attempt:  # there is none: abort what the store may have made
+                await self._abort_live()
             raise
         self.upload_id = response["UploadId"]
         return self
@@ -267,11 +279,19 @@ class MultipartUpload:
     async def _abort_quietly(self) -> None:
         try:
             await self.uploads.abort(self.upload_id)
-        except Exception as exc:  # left open: the job's next attempt finds it quiet
+        except Exception as exc:  # left open: a redelivered job on this key clears it
             log.warning("upload_abort_failed", error=str(exc))
 
+    async def _abort_live(self) -> None:
+        """A last attempt's lost CreateMultipartUpload: abort the uploads of the key that are
+        not quiet (ours among them), as a last attempt aborts any live one it finds."""
+        for upload in await self.uploads.find():
+            if upload.idle_seconds < self.quiet:
+                await self.uploads.abort(upload.upload_id)
+
     def _provable(self, upload: OpenUpload) -> bool:
-        return self.may_resume is not None and self.may_resume(upload.initiated)
+        return (self.may_resume is not None and upload.algorithm == self.algorithm
+                and self.may_resume(upload.initiated))
 
     def _adopt(self, upload: OpenUpload) -> None:
         self.upload_id = upload.upload_id

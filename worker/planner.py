@@ -20,18 +20,15 @@ from enum import StrEnum
 
 from common.errors import Unsupported
 from common.limits import (
+    DATA_PARTS,
     GIB,
     MAX_COPY_OBJECT,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
-    MAX_PARTS,
     MAX_SINGLE_PUT,
     MIB,
     MIN_PART_SIZE,
 )
-
-# The last part number S3 allows is the claim of whoever adopts an upload (worker.multipart).
-DATA_PARTS = MAX_PARTS - 1
 
 
 class Strategy(StrEnum):

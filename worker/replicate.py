@@ -29,6 +29,7 @@ from common.errors import (
     Outcome,
     RetryNow,
     SourceChanged,
+    SourceVanished,
     UploadBusy,
     UploadGone,
     VerificationFailed,
@@ -113,8 +114,9 @@ class Replicator:
 
     async def copy(self, job: CopyJob, *, final_attempt: bool,
                    first_attempt: bool = False) -> JobResult:
-        """Copy one object. A job that was tried before also leaves no quiet multipart upload
-        on its key when it ends (a killed attempt's), whatever the way it ends."""
+        """Copy one object. A job that was tried before, when it ends (copied without a
+        multipart upload of its own, skipped, vanished, or given up), also aborts the quiet
+        multipart uploads on its key: what its killed attempts left."""
         if first_attempt:
             return await self._copy(job, final_attempt=final_attempt, first_attempt=True)
         try:
@@ -126,7 +128,7 @@ class Replicator:
             if final_attempt:
                 await self._clear_leftovers(job, final_attempt=True)
             raise
-        if not Strategy(result.strategy or Strategy.SERVER_COPY).multipart:
+        if result.result != "copied" or not Strategy(result.strategy).multipart:
             await self._clear_leftovers(job, final_attempt=final_attempt)
         return result
 
@@ -199,11 +201,17 @@ class Replicator:
         """Our upload was completed or aborted under us (by another attempt of this job that
         won a race, or by our own Complete whose answer was lost), or another attempt is
         driving the key. Whoever wrote the destination, it may already hold this copy; if
-        not, the job is tried again."""
+        not, the job is tried again, stepping back (not an attempt lost) while another
+        upload of the key is live. A ``verify_content`` job trusts no metadata: tried again."""
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
-        if skipped := self._skip(job, src, head, same_store=same_store):
+        skipped = self._skip(job, src, head, same_store=same_store)
+        if skipped and not job.options.verify_content:
             log.info("upload_race_lost", reason=skipped.reason)
             return skipped
+        quiet = self._transfer.upload_quiet
+        if isinstance(lost, UploadGone) and any(
+                u.idle_seconds < quiet for u in await self._transfer.open_uploads(dest).find()):
+            raise UploadBusy("another attempt is writing this key", retry_after=quiet) from lost
         raise lost
 
     async def _copy_small(self, job: CopyJob, source: ByteSource, dest: Destination,
@@ -280,8 +288,11 @@ class Replicator:
             if expected is None:
                 raise RetryNow("the source's bytes did not come back whole",
                                reason="corrupt_transfer")
-        got = await read(theirs, size=int(head["ContentLength"]), etag=str(head["ETag"]),
-                         algorithm=algorithm, side="destination")
+        try:
+            got = await read(theirs, size=int(head["ContentLength"]), etag=str(head["ETag"]),
+                             algorithm=algorithm, side="destination")
+        except (SourceVanished, SourceChanged):  # (read as a source) deleted or rewritten
+            return False
         return got == expected
 
     async def _tags(self, source: ByteSource, src: SourceObject) -> dict[str, str] | None:

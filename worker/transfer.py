@@ -165,8 +165,9 @@ class Transfer:
                    idempotent: bool = True) -> T:
         """One S3 call, classified, retried when transient, counted when it fails.
 
-        A call that is not ``idempotent`` is not sent again when its answer may have been
-        lost (a reset or a timeout after sending): that raises AnswerLost instead.
+        A call that is not ``idempotent`` is sent again only after throttling (503 SlowDown:
+        the store did nothing); any other failure may come after the store acted (a reset, a
+        timeout, a 500 or a gateway's 502/504) and raises AnswerLost instead.
         """
         requests = self._metrics.s3_requests.labels(operation, context)
 
@@ -180,8 +181,8 @@ class Transfer:
             except Exception as exc:
                 self._metrics.s3_errors.labels(operation, error_code(exc)).inc()
                 error = classify(exc, operation=operation, context=context)
-                if not idempotent and isinstance(error, RetryNow) and error.reason == "network":
-                    raise AnswerLost(f"{operation}: no answer ({error}); not sent again"
+                if not idempotent and isinstance(error, RetryNow) and error.reason != "throttled":
+                    raise AnswerLost(f"{operation} may have been done ({error}); not sent again"
                                      ) from exc
                 raise error from exc
 

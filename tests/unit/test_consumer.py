@@ -492,3 +492,67 @@ async def test_a_job_stepping_back_for_another_attempt_is_not_dead_lettered_even
 
     assert sqs.dead == [] and copies.attempts["k"] == 2
     assert consumer.summary.results == {"retried": 1, "skipped": 1}
+
+
+class LatePoll(LostHeartbeats):
+    """A long poll that answers late: SQS starts the lease when it answers."""
+
+    async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        await asyncio.sleep(1.5 if self.visible else 0.05)
+        return await super().receive_message(**kwargs)
+
+
+class TakesHalfASecond(Copies):
+    async def copy(self, job: CopyJob, **kwargs: Any) -> JobResult:
+        await asyncio.sleep(0.5)
+        return await super().copy(job, **kwargs)
+
+
+async def test_a_lease_counts_from_the_answer_not_from_a_long_poll_sent_earlier() -> None:
+    """A 2 s lease, not renewed, is given up 1 s after the message arrived: a job of 0.5 s
+    received at the end of a 1.5 s poll finishes (counted from the poll, it would not)."""
+    sqs, copies = LatePoll([job_body("k")]), TakesHalfASecond()
+    metrics = WorkerMetrics(CollectorRegistry())
+    consumer = consumer_for(sqs, copies, metrics, max_jobs=1, exit_when_idle=True)
+    consumer._settings = consumer._settings.model_copy(update={"visibility_timeout": 2})
+
+    await asyncio.wait_for(consumer.run(), timeout=30)
+
+    assert copies.keys == Counter({"k": 1}) and sqs.deleted == Counter({"m0": 1})
+    assert metrics.leases_lost._value.get() == 0
+
+
+class SlowDeadLetters(MemorySqs):
+    """DLQ batches take a while: a drain deadline falls in the middle of one."""
+
+    def __init__(self, bodies: list[str]) -> None:
+        super().__init__(bodies)
+        self.dead_lettering = asyncio.Event()
+        self.released: list[str] = []
+
+    async def send_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        self.dead_lettering.set()
+        await asyncio.sleep(0.3)
+        return await super().send_message_batch(**kwargs)
+
+    async def change_message_visibility(self, *, ReceiptHandle: str, **_: Any) -> None:
+        self.released.append(self.in_flight[ReceiptHandle])
+        await super().change_message_visibility(ReceiptHandle=ReceiptHandle)
+
+
+async def test_a_drain_deadline_never_cuts_a_bundles_outcome_in_half() -> None:
+    body = encode_bundle([job_body("bad-1"), job_body("flaky-1"), job_body("ok-1")],
+                         bundle_id="b1")
+    sqs, copies = SlowDeadLetters([body]), Copies(flaky_attempts=99)
+    consumer = consumer_for(sqs, copies, max_jobs=8, drain_seconds=0)
+    run = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(sqs.dead_lettering.wait(), 10)
+
+    consumer.stop()  # the deadline passes while the bundle's dead letter is being sent
+    await asyncio.wait_for(run, timeout=10)
+
+    # written whole: the dead letter, the job to retry in a new bundle, the bundle deleted;
+    # never also released (which would run its jobs twice)
+    assert [json.loads(b)["id"] for b, _ in sqs.dead] == ["job-bad-1"]
+    assert [[j["id"] for j in json.loads(b)["jobs"]] for b, _ in sqs.sent] == [["job-flaky-1"]]
+    assert sqs.deleted == Counter({"m0": 1}) and sqs.released == []

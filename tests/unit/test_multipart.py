@@ -10,6 +10,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from common.errors import AnswerLost, RetryNow, SourceChanged, UploadBusy
 from common.metrics import WorkerMetrics
@@ -62,7 +63,7 @@ class Store:
         self.now = T0
         self.uploads: dict[str, dict[str, Any]] = {}
         self.completed: list[str] = []
-        self.lose_create_answer = False
+        self.lose_create_answer: BaseException | None = None  # raised after creating
         self.created = 0
 
     def _answer(self, **fields: Any) -> dict[str, Any]:
@@ -72,7 +73,9 @@ class Store:
 
     async def list_multipart_uploads(self, *, Prefix: str, **_: Any) -> dict[str, Any]:
         await asyncio.sleep(0)
-        return self._answer(Uploads=[{"Key": u["key"], "UploadId": i, "Initiated": u["at"]}
+        return self._answer(Uploads=[{"Key": u["key"], "UploadId": i, "Initiated": u["at"],
+                                      **({"ChecksumAlgorithm": u["algorithm"]}
+                                         if u.get("algorithm") else {})}
                                      for i, u in self.uploads.items()
                                      if u["key"].startswith(Prefix)])
 
@@ -97,8 +100,8 @@ class Store:
         self.created += 1
         upload_id = f"u{self.created}"
         self.uploads[upload_id] = {"key": Key, "at": self.now, "parts": {}}
-        if self.lose_create_answer:
-            raise ConnectionResetError("answer lost")
+        if self.lose_create_answer is not None:
+            raise self.lose_create_answer
         return {"UploadId": upload_id}
 
     async def abort_multipart_upload(self, *, UploadId: str, **_: Any) -> dict[str, Any]:
@@ -121,10 +124,11 @@ def transfer() -> Transfer:
                     retry=RetryPolicy(attempts=2, base_delay=0), upload_quiet=30)
 
 
-def multipart(store: Store, *, last_attempt: bool = False) -> MultipartUpload:
+def multipart(store: Store, *, last_attempt: bool = False,
+              algorithm: str | None = None) -> MultipartUpload:
     t = transfer()
     return MultipartUpload(OpenUploads(store, t.call, bucket="b", key="k"), create_args={},
-                           algorithm=None, expected_sizes={1: 5, 2: 5, 3: 2}, quiet=30,
+                           algorithm=algorithm, expected_sizes={1: 5, 2: 5, 3: 2}, quiet=30,
                            may_resume=lambda _: True, last_attempt=last_attempt)
 
 
@@ -167,17 +171,44 @@ async def test_a_live_upload_of_the_key_is_left_alone_and_the_attempt_steps_back
     assert list(store.uploads) == ["theirs"] and store.created == 0
 
 
-async def test_a_create_whose_answer_is_lost_is_not_sent_again() -> None:
+# a reset after sending, and a 500 that may come after the store acted (a gateway's 504 too)
+LOST = [ConnectionResetError("answer lost"),
+        ClientError({"Error": {"Code": "InternalError", "Message": "We encountered an "
+                               "internal error"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                    "CreateMultipartUpload")]
+
+
+@pytest.mark.parametrize("error", LOST, ids=["reset", "500"])
+async def test_a_create_whose_answer_is_lost_is_not_sent_again(error: BaseException) -> None:
     store = Store()
-    store.lose_create_answer = True
+    store.lose_create_answer = error
     with pytest.raises(AnswerLost) as lost:
         async with multipart(store):
             pytest.fail("no upload id came back")
     assert store.created == 1 and lost.value.retry_after == 30
-    store.lose_create_answer = False
+    store.lose_create_answer = None
     store.now += timedelta(seconds=30)
     async with multipart(store) as up:  # the next attempt finds the one the store made
         assert up.upload_id == "u1" and store.created == 1
+        await up.complete([], extra={})
+
+
+async def test_a_last_attempt_whose_create_answer_is_lost_leaves_no_upload() -> None:
+    store = Store()
+    store.lose_create_answer = LOST[0]
+    with pytest.raises(AnswerLost):
+        async with multipart(store, last_attempt=True):
+            pytest.fail("no upload id came back")
+    assert store.created == 1 and store.uploads == {}  # no attempt will come for it
+
+
+async def test_an_upload_made_with_another_checksum_algorithm_is_not_adopted() -> None:
+    store = Store()
+    store.uploads["crc32"] = {"key": "k", "at": store.now, "parts": {}, "algorithm": "CRC32"}
+    store.now += timedelta(seconds=40)
+    async with multipart(store, algorithm="CRC64NVME") as up:
+        assert not up.resumed and up.upload_id == "u1"
+        assert "crc32" not in store.uploads  # quiet and of no use: aborted
         await up.complete([], extra={})
 
 

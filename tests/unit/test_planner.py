@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.errors import Unsupported
-from common.limits import GIB, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE, TIB
-from worker.planner import DATA_PARTS, Limits, Strategy, part_size_for, plan, split
+from common.limits import DATA_PARTS, GIB, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE, TIB
+from worker.planner import Limits, Strategy, part_size_for, plan, split
 
 LIMITS = Limits(part_size=8 * MIB, multipart_threshold=16 * MIB)
 
