@@ -19,6 +19,8 @@ MAX_COPY_OBJECT = 5 * GIB
 MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE  # 48.8 TiB on AWS
 
 MAX_KEY_BYTES = 1024
+# Storage classes whose objects must be restored before they can be read or copied.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 
 SQS_MAX_BATCH = 10
 SQS_MAX_WAIT_SECONDS = 20

@@ -44,7 +44,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
-from common.limits import MIB
+from common.limits import MAX_COPY_OBJECT, MAX_PART_SIZE, MAX_SINGLE_PUT, MIB, MIN_PART_SIZE
 from common.routes import Route, routes_from_toml
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -141,10 +141,13 @@ class WorkerSettings(BaseModel):
     # receive at a time caps a worker at 10 messages per round trip to SQS.
     receivers: int = Field(default=0, ge=0, le=16)
     max_parts: int = Field(default=16, ge=1, le=512)
-    part_size: int = Field(default=8 * MIB, ge=5 * MIB)
-    multipart_threshold: int = Field(default=16 * MIB, ge=5 * MIB)
-    server_copy_threshold: int = Field(default=1024 * MIB, ge=5 * MIB)
-    server_part_size: int = Field(default=256 * MIB, ge=5 * MIB)
+    # Bounded by S3's limits (common/limits): no setting can send more than 5 GiB in one PUT,
+    # part or CopyObject, or a part under 5 MiB.
+    part_size: int = Field(default=8 * MIB, ge=MIN_PART_SIZE, le=MAX_PART_SIZE)
+    multipart_threshold: int = Field(default=16 * MIB, ge=MIN_PART_SIZE, le=MAX_SINGLE_PUT)
+    server_copy_threshold: int = Field(default=1024 * MIB, ge=MIN_PART_SIZE,
+                                       le=MAX_COPY_OBJECT)
+    server_part_size: int = Field(default=256 * MIB, ge=MIN_PART_SIZE, le=MAX_PART_SIZE)
     # Bytes of server-side copies (CopyObject objects, UploadPartCopy parts) this worker has
     # the store copy at once; 0 = no bound. AWS copies on its own fleet, so leave it there;
     # a MinIO, Ceph or LocalStack node reads, hashes and writes every copied byte with its own

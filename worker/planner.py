@@ -1,13 +1,21 @@
-"""The planner: a pure function from (source object, endpoints, limits) to a frozen Plan.
+"""The planner: pure functions from what is known of a job to how it is copied.
 
-It makes no calls; :mod:`worker.transfer` only executes what it decides. Rules:
+It makes no calls; :mod:`worker.replicate` and :mod:`worker.transfer` only execute what it
+decides, every threshold and S3 limit included. Two decisions:
 
-* same endpoint and credentials, server-side copy allowed:
-  ``server_copy`` (CopyObject, <= 5 GiB and below ``server_copy_threshold``) or
-  ``server_multipart`` (UploadPartCopy in parallel);
-* different endpoints: ``stream_put`` (one GET, one PUT) for small objects, otherwise
-  ``stream_multipart`` (ranged GET -> UploadPart, parts in parallel, memory bounded by the
-  worker's byte budget, no temporary files); objects of many parts get larger parts.
+* :func:`shortcut`, from the job alone (what its listing saw): a copy that needs no HEAD of
+  the source. Within one store, a listed object at a destination the listing saw missing is
+  one CopyObject (``server_copy``), pinned to the listed ETag, on its first attempt; across
+  stores, a small listed object is one GET and one PUT (``stream_put``), with a HEAD of the
+  destination beside the GET unless the listing saw it missing on this first attempt.
+* :func:`plan`, once the source was looked at (HEAD):
+
+  * same endpoint and credentials, server-side copy allowed: ``server_copy`` (CopyObject,
+    <= 5 GiB and below ``server_copy_threshold``) or ``server_multipart`` (UploadPartCopy in
+    parallel);
+  * different endpoints: ``stream_put`` (one GET, one PUT) for small objects, otherwise
+    ``stream_multipart`` (ranged GET -> UploadPart, parts in parallel, memory bounded by the
+    worker's byte budget, no temporary files); objects of many parts get larger parts.
 
 Part sizes honour S3's limits: each part 5 MiB..5 GiB (the last smaller), and at most 9,999
 of them: part number 10,000 is the upload's claim, never data (:mod:`worker.multipart`).
@@ -19,7 +27,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from common.errors import Unsupported
+from common.jobs import CopyJob
 from common.limits import (
+    ARCHIVE_CLASSES,
     DATA_PARTS,
     GIB,
     MAX_COPY_OBJECT,
@@ -122,6 +132,37 @@ def split(size: int, part_size: int) -> tuple[Part, ...]:
     return tuple(
         Part(number=i + 1, start=start, end=min(start + part_size, size) - 1)
         for i, start in enumerate(range(0, size, part_size)))
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """A copy made from the listing's view of the source, without a HEAD of it."""
+
+    strategy: Strategy  # SERVER_COPY (one CopyObject) or STREAM_PUT (one GET, one PUT)
+    head_destination: bool  # whether the destination is looked at (beside the GET)
+
+
+def shortcut(job: CopyJob, *, server_side: bool, first_attempt: bool,
+             limits: Limits) -> Shortcut | None:
+    """The copy that needs no HEAD of the source, or None: look first, then :func:`plan`.
+
+    Only for a listed object (size and ETag known; every read is pinned to that ETag, and a
+    source changed since takes the long way).
+    """
+    src, options = job.source, job.options
+    if src.size is None or src.etag is None:
+        return None
+    seen_absent = first_attempt and options.destination_absent
+    if server_side:
+        one_copy = (seen_absent and options.sequencer is None and options.preserve_metadata
+                    and src.size <= min(limits.server_copy_threshold, MAX_COPY_OBJECT)
+                    and src.storage_class is not None
+                    and src.storage_class not in ARCHIVE_CLASSES)
+        return Shortcut(Strategy.SERVER_COPY, head_destination=False) if one_copy else None
+    small = src.size <= min(limits.multipart_threshold, MAX_SINGLE_PUT)
+    if not small or options.verify_content:  # verifying needs the source's HEAD
+        return None
+    return Shortcut(Strategy.STREAM_PUT, head_destination=not seen_absent)
 
 
 def fits_layout(size: int, part_size: int | None, parts_count: int | None) -> bool:

@@ -36,15 +36,14 @@ from common.errors import (
 )
 from common.fingerprint import SEQUENCER, holds_copy, newer_than
 from common.jobs import CopyJob, DeleteJob
-from common.limits import MAX_COPY_OBJECT
 from common.logs import get_logger
 from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy
 from common.s3errors import head_or_none
 from worker.metadata import direct_copy_args, write_args
 from worker.multipart import clear_quiet
-from worker.planner import Limits, Strategy, fits_layout, plan
-from worker.source import ARCHIVE_CLASSES, ByteSource, S3Source, SourceObject
+from worker.planner import Limits, Strategy, fits_layout, plan, shortcut
+from worker.source import ByteSource, S3Source, SourceObject
 from worker.transfer import Destination, Transfer, Written, most_significant
 from worker.verify import verify_head, verify_response
 from worker.wire import WireClients
@@ -68,16 +67,6 @@ def stale(sequencer: str | None, head: Mapping[str, Any] | None) -> bool:
         return False
     applied = (head.get("Metadata") or {}).get(SEQUENCER)
     return applied is not None and not newer_than(sequencer, applied) and applied != sequencer
-
-
-def direct_copy_allowed(job: CopyJob, limits: Limits, *, first_attempt: bool) -> bool:
-    """A listed object on its first attempt at a destination the listing saw missing, small
-    enough for one CopyObject, in a class that can be copied: no HEAD is needed."""
-    src = job.source
-    return (first_attempt and job.options.destination_absent and job.options.sequencer is None
-            and job.options.preserve_metadata and src.etag is not None and src.size is not None
-            and src.size <= min(limits.server_copy_threshold, MAX_COPY_OBJECT)
-            and src.storage_class is not None and src.storage_class not in ARCHIVE_CLASSES)
 
 
 class Replicator:
@@ -159,18 +148,14 @@ class Replicator:
         server_side = (self._one_store(job.source.endpoint, job.destination.endpoint)
                        and source.copy_source() is not None)
         with_tags = job.options.preserve_tags and src_ep.tagging and dst_ep.tagging
-        small = (not server_side and not job.options.verify_content
-                 and job.source.etag is not None
-                 and job.source.size is not None
-                 and job.source.size <= self._limits.multipart_threshold)
-        if server_side and direct_copy_allowed(job, self._limits, first_attempt=first_attempt):
+        cut = shortcut(job, server_side=server_side, first_attempt=first_attempt,
+                       limits=self._limits)
+        if cut is not None:
             with contextlib.suppress(SourceChanged):  # changed since listed: the long way
-                return await self._copy_direct(job, source, dest, with_tags, started)
-        if small:
-            trust_absent = first_attempt and job.options.destination_absent
-            with contextlib.suppress(SourceChanged):  # changed since listed: the long way
+                if cut.strategy is Strategy.SERVER_COPY:
+                    return await self._copy_direct(job, source, dest, with_tags, started)
                 return await self._copy_small(job, source, dest, with_tags, started,
-                                              trust_absent=trust_absent)
+                                              head_destination=cut.head_destination)
         src = await self._transfer.call("HeadObject", "source", source.head)
         head = await self._head_destination(dest.client, dest.bucket, dest.key)
         same_store = src_ep.same_store(dst_ep)
@@ -215,17 +200,18 @@ class Replicator:
         raise lost
 
     async def _copy_small(self, job: CopyJob, source: ByteSource, dest: Destination,
-                          with_tags: bool, started: float, *, trust_absent: bool) -> JobResult:
-        """GET the whole object (pinned to the listed ETag) while HEADing the destination,
-        or without the HEAD on a first attempt at a destination the listing saw missing."""
+                          with_tags: bool, started: float, *,
+                          head_destination: bool) -> JobResult:
+        """GET the whole object (pinned to the listed ETag), HEADing the destination beside
+        it when the plan says so."""
         assert job.source.etag is not None
         async with self._transfer.room(job.source.size or 0):
             try:
                 async with asyncio.TaskGroup() as group:
                     fetched = group.create_task(self._transfer.call(
                         "GetObject", "source", partial(source.fetch, etag=job.source.etag)))
-                    headed = None if trust_absent else group.create_task(
-                        self._head_destination(dest.client, dest.bucket, dest.key))
+                    headed = group.create_task(self._head_destination(
+                        dest.client, dest.bucket, dest.key)) if head_destination else None
             except BaseExceptionGroup as errors:
                 raise most_significant(errors) from None
             (src, data) = fetched.result()

@@ -19,10 +19,10 @@ from aiohttp.abc import AbstractStreamWriter
 
 from common.checksums import ObjectChecksum, combinable, from_response
 from common.errors import SourceArchived
+from common.limits import ARCHIVE_CLASSES
 from common.s3errors import classify
 from worker.planner import Part
 
-ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 HEADER_FIELDS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
                  "ContentLanguage", "Expires")
 

@@ -13,8 +13,6 @@ from common.jobs import CopyJob, DestinationRef, SourceRef
 from common.logs import scrub_text
 from common.settings import Endpoint
 from worker.metadata import direct_copy_args, storage_class_for, write_args
-from worker.planner import Limits
-from worker.replicate import direct_copy_allowed
 from worker.source import SourceObject, source_object_from_head
 
 
@@ -73,24 +71,6 @@ def listed(size: int = 10, storage_class: str | None = "STANDARD", **options: ob
         "source": {"endpoint": "g", "bucket": "src", "key": "k", "size": size, "etag": '"e"',
                    "storage_class": storage_class},
         "destination": {"endpoint": "g", "bucket": "dst", "key": "k"}, "options": opts})
-
-
-def test_one_copy_object_only_for_listed_first_attempts_that_need_no_head() -> None:
-    limits = Limits(server_copy_threshold=100)
-    assert direct_copy_allowed(listed(), limits, first_attempt=True)
-    assert direct_copy_allowed(listed(size=100), limits, first_attempt=True)
-    refused = [
-        (listed(), False),  # a redelivery looks at the destination first
-        (listed(size=101), True),  # above the threshold: parts
-        (listed(storage_class=None), True),  # class unknown: CopyObject would not keep it
-        (listed(storage_class="GLACIER"), True),  # archived: the HEAD says if restored
-        (listed(storage_class="DEEP_ARCHIVE"), True),
-        (listed(destination_absent=False), True),  # may already be there
-        (listed(sequencer="0A"), True),  # events order by the destination's sequencer
-        (listed(preserve_metadata=False), True),  # COPY would keep it
-    ]
-    for job, first in refused:
-        assert not direct_copy_allowed(job, limits, first_attempt=first), job
 
 
 def test_direct_copy_keeps_the_listed_class_mapped_and_encrypts_per_destination() -> None:

@@ -5,10 +5,13 @@ from itertools import pairwise
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from common.errors import Unsupported
+from common.jobs import CopyJob
 from common.limits import DATA_PARTS, GIB, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE, TIB
-from worker.planner import Limits, Strategy, part_size_for, plan, split
+from common.settings import WorkerSettings
+from worker.planner import Limits, Shortcut, Strategy, part_size_for, plan, shortcut, split
 
 LIMITS = Limits(part_size=8 * MIB, multipart_threshold=16 * MIB)
 
@@ -105,3 +108,64 @@ def test_objects_of_many_parts_get_larger_parts_within_the_budget(
     assert p.part_size == expected
     assert sum(part.length for part in p.parts) == size
     assert p.part_size == 8 * MIB or p.part_size * 8 <= budget  # 8 in flight fit
+
+
+def listed(size: int = 10, storage_class: str | None = "STANDARD",
+           **options: object) -> CopyJob:
+    opts: dict[str, object] = {"destination_absent": True}
+    opts.update(options)
+    return CopyJob.model_validate({
+        "source": {"endpoint": "g", "bucket": "src", "key": "k", "size": size, "etag": '"e"',
+                   "storage_class": storage_class},
+        "destination": {"endpoint": "g", "bucket": "dst", "key": "k"}, "options": opts})
+
+
+ONE_COPY = Shortcut(Strategy.SERVER_COPY, head_destination=False)
+
+
+def test_one_copy_object_only_for_listed_first_attempts_that_need_no_head() -> None:
+    limits = Limits(server_copy_threshold=100)
+    for job in (listed(), listed(size=100)):
+        assert shortcut(job, server_side=True, first_attempt=True, limits=limits) == ONE_COPY
+    refused = [
+        (listed(), False),  # a redelivery looks at the destination first
+        (listed(size=101), True),  # above the threshold: parts
+        (listed(storage_class=None), True),  # class unknown: CopyObject would not keep it
+        (listed(storage_class="GLACIER"), True),  # archived: the HEAD says if restored
+        (listed(storage_class="DEEP_ARCHIVE"), True),
+        (listed(destination_absent=False), True),  # may already be there
+        (listed(sequencer="0A"), True),  # events order by the destination's sequencer
+        (listed(preserve_metadata=False), True),  # COPY would keep it
+    ]
+    for job, first in refused:
+        assert shortcut(job, server_side=True, first_attempt=first, limits=limits) is None, job
+
+
+def test_a_small_listed_object_is_one_get_and_one_put_with_the_head_it_needs() -> None:
+    limits = Limits(multipart_threshold=16 * MIB)
+    def cut(job: CopyJob, first: bool) -> Shortcut | None:
+        return shortcut(job, server_side=False, first_attempt=first, limits=limits)
+
+    assert cut(listed(size=16 * MIB), True) == Shortcut(Strategy.STREAM_PUT, False)
+    assert cut(listed(), False) == Shortcut(Strategy.STREAM_PUT, True)  # redelivered: look
+    assert cut(listed(destination_absent=False), True) == Shortcut(Strategy.STREAM_PUT, True)
+    assert cut(listed(size=16 * MIB + 1), True) is None  # parts, after a HEAD
+    assert cut(listed(verify_content=True), True) is None  # the source is looked at first
+    unlisted = listed().model_copy(update={"source": listed().source.model_copy(
+        update={"etag": None})})
+    assert cut(unlisted, True) is None  # nothing to pin the GET to
+
+
+def test_no_threshold_setting_sends_more_than_5_gib_in_one_request() -> None:
+    huge = Limits(multipart_threshold=10 * GIB, server_copy_threshold=10 * GIB)
+    for server_side in (False, True):
+        assert shortcut(listed(size=6 * GIB), server_side=server_side, first_attempt=True,
+                        limits=huge) is None
+        assert plan(size=6 * GIB, server_side=server_side, limits=huge).strategy.multipart
+    with pytest.raises(ValidationError, match="multipart_threshold"):
+        WorkerSettings(multipart_threshold=6 * GIB)
+    for name in ("part_size", "server_part_size"):
+        with pytest.raises(ValidationError, match=name):
+            WorkerSettings(**{name: 6 * GIB})
+    with pytest.raises(ValidationError, match="server_copy_threshold"):
+        WorkerSettings(server_copy_threshold=6 * GIB)
