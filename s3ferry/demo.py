@@ -63,7 +63,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from common.fingerprint import user_metadata
 from common.limits import KIB, MIB
 from s3ferry.localbed import LocalBed, LocalBedError, LocalServer, free_port, write_private
-from worker.consumer import Summary
+from worker.summary import Summary
 
 SOURCE = "global"
 DESTINATION = "china"

@@ -19,9 +19,10 @@ from common.metrics import WorkerMetrics, start_process
 from common.retry import RetryPolicy
 from common.settings import Settings, WorkerSettings, load_settings
 from worker.budget import ByteBudget
-from worker.consumer import Consumer, Summary
+from worker.consumer import Consumer
 from worker.planner import Limits
 from worker.replicate import Replicator
+from worker.summary import Summary
 from worker.transfer import Transfer
 from worker.wire import WireClients
 

@@ -16,9 +16,9 @@ from common.fingerprint import user_metadata
 from common.jobs import CopyJob, CopyOptions, DeleteJob, DestinationRef, SourceRef, encode
 from common.metrics import WorkerMetrics
 from common.settings import Settings, load_settings
-from worker.consumer import Summary
 from worker.main import run_worker
 from worker.replicate import Replicator
+from worker.summary import Summary
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -158,10 +158,14 @@ def bundles(n: int, size: int, limit: int | None = None) -> list[str]:
 
 
 def consumer_for(sqs: MemorySqs, copies: Copies, metrics: WorkerMetrics | None = None,
-                 **settings: Any) -> Consumer:
+                 lease_seconds: int | None = None, **settings: Any) -> Consumer:
+    """``lease_seconds``: a visibility timeout shorter than the settings allow (10 s at
+    least); the rules that use it are the same."""
+    worker = WorkerSettings(wait_time_seconds=0, **settings)
+    if lease_seconds is not None:
+        worker = worker.model_copy(update={"visibility_timeout": lease_seconds})
     return Consumer(sqs=sqs, queue_url="q", dlq_url="dlq", replicator=copies,  # type: ignore[arg-type]
-                    settings=WorkerSettings(wait_time_seconds=0, **settings),
-                    metrics=metrics or WorkerMetrics(CollectorRegistry()))
+                    settings=worker, metrics=metrics or WorkerMetrics(CollectorRegistry()))
 
 
 async def consume(sqs: MemorySqs, copies: Copies, metrics: WorkerMetrics | None = None,
@@ -230,7 +234,7 @@ class BatchLog(MemorySqs):
 async def test_an_ack_is_sent_at_once_when_no_other_job_is_running(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # the last job of a backfill, or a lone event: no other ack is coming to share a batch
-    monkeypatch.setattr("worker.consumer.ACK_LINGER_SECONDS", 3600)
+    monkeypatch.setattr("worker.settling.ACK_LINGER_SECONDS", 3600)
     sqs, copies = BatchLog(bodies(1)), Copies()
     consumer = consumer_for(sqs, copies, max_jobs=8)
     run = asyncio.create_task(consumer.run())
@@ -244,7 +248,7 @@ async def test_an_ack_is_sent_at_once_when_no_other_job_is_running(
 
 async def test_an_ack_waits_for_running_jobs_to_share_its_batch(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.consumer.ACK_LINGER_SECONDS", 3600)
+    monkeypatch.setattr("worker.settling.ACK_LINGER_SECONDS", 3600)
     release, k1_running = asyncio.Event(), asyncio.Event()
 
     class OneSlow(Copies):
@@ -439,9 +443,7 @@ class Stuck(Copies):
 async def test_a_lease_that_cannot_be_renewed_is_given_up_and_its_message_left_alone() -> None:
     sqs, copies = LostHeartbeats([job_body("stuck")]), Stuck()
     metrics = WorkerMetrics(CollectorRegistry())
-    consumer = consumer_for(sqs, copies, metrics, max_jobs=2)
-    # a one-second lease (the settings allow 10 s at least; the rule is the same)
-    consumer._settings = consumer._settings.model_copy(update={"visibility_timeout": 1})
+    consumer = consumer_for(sqs, copies, metrics, lease_seconds=1, max_jobs=2)
     run = asyncio.create_task(consumer.run())
     await asyncio.wait_for(copies.given_up.wait(), 10)
     sqs.visible.append(("m1", job_body("k1")))  # the worker still serves other jobs
@@ -513,8 +515,8 @@ async def test_a_lease_counts_from_the_answer_not_from_a_long_poll_sent_earlier(
     received at the end of a 1.5 s poll finishes (counted from the poll, it would not)."""
     sqs, copies = LatePoll([job_body("k")]), TakesHalfASecond()
     metrics = WorkerMetrics(CollectorRegistry())
-    consumer = consumer_for(sqs, copies, metrics, max_jobs=1, exit_when_idle=True)
-    consumer._settings = consumer._settings.model_copy(update={"visibility_timeout": 2})
+    consumer = consumer_for(sqs, copies, metrics, lease_seconds=2, max_jobs=1,
+                            exit_when_idle=True)
 
     await asyncio.wait_for(consumer.run(), timeout=30)
 
