@@ -1,8 +1,13 @@
-"""The one place where botocore and network errors become s3ferry errors."""
+"""The one place where botocore and network errors become s3ferry errors.
+
+Call sites wrap their calls in :func:`translated`; :func:`classify` is the rule behind it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from common import errors
@@ -62,6 +67,18 @@ def _is_network_error(exc: BaseException) -> bool:
                "ClientOSError", "HTTPClientError", "ConnectionError", "ProxyConnectionError"}
     return bool(names & network) or isinstance(
         exc, ConnectionError | asyncio.TimeoutError | TimeoutError)
+
+
+@contextmanager
+def translated(operation: str, context: str = "") -> Iterator[None]:
+    """Whatever the calls in the block raise leaves as the s3ferry error it means
+    (:func:`classify`); s3ferry's own errors pass as they are."""
+    try:
+        yield
+    except errors.FerryError:
+        raise
+    except Exception as exc:
+        raise classify(exc, operation=operation, context=context) from exc
 
 
 def classify(exc: BaseException, *, operation: str,

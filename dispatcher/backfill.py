@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common.clients import ClientPool
-from common.errors import FerryError
 from common.jobs import CopyJob, DeleteJob
 from common.logs import get_logger
 from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy, retrying
 from common.routes import DestinationSpec, Route
-from common.s3errors import classify, head_or_none
+from common.s3errors import head_or_none, translated
 from dispatcher.diff import Action, Decision, Entry, Mode, adiff, same_content
 from dispatcher.fanout import Unmappable, copy_job, delete_job
 from dispatcher.listing import FIRST_PAGE_KEYS, common_prefixes, list_entries
@@ -213,12 +212,8 @@ class Backfill:
 
     async def _head(self, client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         async def call() -> dict[str, Any] | None:
-            try:
+            with translated("HeadObject", bucket):
                 return await head_or_none(client, bucket=bucket, key=key)
-            except FerryError:
-                raise
-            except Exception as exc:
-                raise classify(exc, operation="HeadObject", context=bucket) from exc
         return await retrying(call, self._policy)
 
 

@@ -18,10 +18,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from common.errors import FerryError
 from common.logs import get_logger
 from common.retry import RetryPolicy, retrying
-from common.s3errors import classify
+from common.s3errors import translated
 from dispatcher import fastlist
 from dispatcher.diff import Entry
 
@@ -31,13 +30,9 @@ FIRST_PAGE_KEYS = 100  # a quick first page, where one is asked for
 
 async def _page(client: Any, policy: RetryPolicy, **kwargs: Any) -> dict[str, Any]:
     async def call() -> dict[str, Any]:
-        try:
+        with translated("ListObjectsV2", kwargs["Bucket"]):
             answer: dict[str, Any] = await client.list_objects_v2(**kwargs)
-            return answer
-        except FerryError:
-            raise
-        except Exception as exc:
-            raise classify(exc, operation="ListObjectsV2", context=kwargs["Bucket"]) from exc
+        return answer
     return await retrying(call, policy)
 
 

@@ -31,7 +31,7 @@ from common.limits import SQS_MAX_BATCH, SQS_MAX_MESSAGE_BYTES
 from common.logs import get_logger
 from common.metrics import DispatcherMetrics
 from common.retry import RetryPolicy, retrying
-from common.s3errors import classify
+from common.s3errors import translated
 from common.settings import DispatcherSettings
 
 log = get_logger(__name__)
@@ -193,10 +193,8 @@ class JobSender:
 
         async def attempt() -> None:
             entries = [{"Id": str(i), "MessageBody": body} for i, (body, _) in pending.items()]
-            try:
+            with translated("SendMessageBatch"):
                 answer = await self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)
-            except Exception as exc:
-                raise classify(exc, operation="SendMessageBatch") from exc
             for ok in answer.get("Successful", ()):
                 _, jobs = pending.pop(int(ok["Id"]))
                 self._metrics.messages_sent.inc()

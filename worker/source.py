@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 from common.checksums import ObjectChecksum, combinable, from_response
 from common.errors import SourceArchived
 from common.limits import ARCHIVE_CLASSES
-from common.s3errors import classify
+from common.s3errors import translated
 from worker.planner import Part
 
 HEADER_FIELDS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
@@ -231,10 +231,8 @@ class S3Source:
         return ref
 
     async def head(self) -> SourceObject:
-        try:
+        with translated("HeadObject", "source"):
             head = await self._client.head_object(**self._ref(), ChecksumMode="ENABLED")
-        except Exception as exc:
-            raise classify(exc, operation="HeadObject", context="source") from exc
         src = source_object_from_head(head)
         if src.checksum is not None and not src.checksum.full_object:
             src = await self._with_layout(src)
@@ -242,11 +240,9 @@ class S3Source:
 
     async def _with_layout(self, src: SourceObject) -> SourceObject:
         """A COMPOSITE checksum can only be recomputed in the source's own part layout."""
-        try:
+        with translated("HeadObject", "source"):
             first = await self._client.head_object(**self._ref(), PartNumber=1,
                                                    IfMatch=src.etag)
-        except Exception as exc:
-            raise classify(exc, operation="HeadObject", context="source") from exc
         count = first.get("PartsCount")
         if not count:
             return src
@@ -256,30 +252,24 @@ class S3Source:
         kwargs: dict[str, Any] = {**self._ref(), "IfMatch": etag}
         if part is not None:
             kwargs["Range"] = part.http_range
-        try:
+        with translated("GetObject", "source"):
             response = await self._client.get_object(**kwargs)
             async with response["Body"]:
                 return await read_exactly(response["Body"], int(response["ContentLength"]))
-        except Exception as exc:
-            raise classify(exc, operation="GetObject", context="source") from exc
 
     async def fetch(self, *, etag: str) -> tuple[SourceObject, bytes]:
-        try:
+        with translated("GetObject", "source"):
             response = await self._client.get_object(**self._ref(), IfMatch=etag,
                                                      ChecksumMode="ENABLED")
             async with response["Body"] as body:
                 data: bytes = await body.read()
-        except Exception as exc:
-            raise classify(exc, operation="GetObject", context="source") from exc
         # A GET states x-amz-tagging-count only when the object has tags.
         return replace(source_object_from_head(response),
                        tag_count=int(response.get("TagCount") or 0)), data
 
     async def tags(self) -> dict[str, str]:
-        try:
+        with translated("GetObjectTagging", "source"):
             response = await self._client.get_object_tagging(**self._ref())
-        except Exception as exc:
-            raise classify(exc, operation="GetObjectTagging", context="source") from exc
         return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
 
     def copy_source(self) -> dict[str, str] | None:

@@ -7,7 +7,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from common import errors
 from common.retry import RetryPolicy, retrying
-from common.s3errors import classify
+from common.s3errors import classify, translated
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
@@ -95,3 +95,16 @@ async def test_retry_gives_up_after_the_attempt_budget() -> None:
 def test_a_bug_of_ours_is_not_blamed_on_s3() -> None:
     err = classify(TypeError("oops"), operation="GetObject", context="source")
     assert isinstance(err, errors.GiveUp) and err.reason == "internal:TypeError"
+
+
+def test_a_call_site_translates_in_one_block_and_passes_our_own_errors_through() -> None:
+    with pytest.raises(errors.AccessDenied) as denied, translated("PutObject", "destination"):
+        raise client_error("AccessDenied", 403)
+    assert isinstance(denied.value.__cause__, ClientError)
+    assert "PutObject on destination: AccessDenied" in str(denied.value)
+    mine = errors.SourceChanged("moved")
+    with pytest.raises(errors.SourceChanged) as passed, translated("GetObject", "source"):
+        raise mine
+    assert passed.value is mine
+    with pytest.raises(errors.RetryNow), translated("GetObject"):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
