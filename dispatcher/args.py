@@ -1,46 +1,12 @@
-"""``s3ferry backfill``'s command line, light enough to start a request in milliseconds.
-
-Only the standard library is imported here: with ``--server`` the backfill runs in an already
-running ``s3ferry serve`` (its clients open, its modules loaded) and this process only sends the
-request and prints the answer, so it must not pay for botocore's import (about 0.6 s). Without
-``--server`` the backfill runs in this process (:mod:`dispatcher.cli`).
-"""
+"""``s3ferry backfill``'s command line, shared by the in-process backfill
+(:mod:`dispatcher.cli`) and ``--server`` (:mod:`dispatcher.submit`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+from typing import Any
 
-TYPE_CHECKING = False  # typing's import is 2.5 ms of a 20 ms start; annotations need it not
-if TYPE_CHECKING:
-    from typing import Any
-
-# dispatcher.diff.Mode's values (a unit test keeps the two equal; importing it costs 0.1 s)
-COMPARE_MODES = ("size", "checksum", "content", "always")
-
-
-class Formatter(argparse.HelpFormatter):
-    """argparse's formatter at the width argparse would pick, found without importing
-    ``shutil`` (with ``bz2`` and ``lzma``: 3 ms): argparse builds one for every option."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=terminal_columns() - 2)
-
-
-def terminal_columns() -> int:
-    """As ``shutil.get_terminal_size``: ``COLUMNS``, else the terminal's, else 80."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns > 0:
-        return columns
-    stdout = sys.__stdout__
-    try:
-        return (os.get_terminal_size(stdout.fileno()).columns if stdout else 0) or 80
-    except (ValueError, OSError):  # closed, detached, or not a terminal
-        return 80
+from dispatcher.diff import Mode
 
 
 def common_options(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +16,7 @@ def common_options(parser: argparse.ArgumentParser) -> None:
 
 def backfill_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="s3ferry backfill", formatter_class=Formatter,
+        prog="s3ferry backfill",
         description="List each route's source and destinations, diff them as two sorted "
                     "streams and enqueue copy jobs for what is missing or differs (and delete "
                     "jobs with --delete). Safe to re-run; runs whether or not the queue is "
@@ -58,7 +24,7 @@ def backfill_parser() -> argparse.ArgumentParser:
     common_options(parser)
     parser.add_argument("--route", action="append", dest="routes", metavar="NAME",
                         help="only this route (repeatable; default: every route)")
-    parser.add_argument("--compare", choices=COMPARE_MODES, default="size",
+    parser.add_argument("--compare", choices=[m.value for m in Mode], default=Mode.SIZE.value,
                         help="size: equal sizes count as copied (fast); checksum: equal sizes "
                              "are checked by full-object checksum or the worker's fingerprint "
                              "(one HEAD per side); content: the workers read equal-sized "

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import argparse
 
 COMMANDS = {
     "worker": "consume copy jobs from SQS and copy objects",
@@ -22,7 +19,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
-        # each role imports only its own modules: `backfill --server` starts in milliseconds
+        # each role imports only its own modules: `backfill --server` needs no botocore
         return entry(argv[0])(argv[1:])
     parser = top_parser()
     if not argv or argv[0] in {"-h", "--help"}:
@@ -52,8 +49,8 @@ def entry(command: str) -> Callable[[list[str]], int]:
 
 
 def backfill_main(argv: Sequence[str]) -> int:
-    """``s3ferry backfill``: asked of a running ``s3ferry serve`` with ``--server`` (standard
-    library only: it starts in milliseconds), otherwise listed and diffed in this process."""
+    """``s3ferry backfill``: asked of a running ``s3ferry serve`` with ``--server``, otherwise
+    listed and diffed in this process."""
     from dispatcher.args import backfill_parser
 
     parser = backfill_parser()
@@ -68,8 +65,6 @@ def backfill_main(argv: Sequence[str]) -> int:
 
 
 def top_parser() -> argparse.ArgumentParser:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="s3ferry",
         description="Replicate S3 objects where native replication cannot: across AWS "

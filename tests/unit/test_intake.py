@@ -16,7 +16,6 @@ from common.errors import ConfigError, FerryError
 from common.metrics import DispatcherMetrics
 from common.settings import Settings, load_settings
 from dispatcher import intake
-from dispatcher.args import COMPARE_MODES
 from dispatcher.diff import Mode
 from s3ferry.localbed import write_private
 
@@ -166,6 +165,3 @@ def test_the_service_needs_a_long_enough_token(tmp_path: Path) -> None:
     assert intake.intake_token(settings(tmp_path, intake_token=TOKEN)) == TOKEN
     assert TOKEN not in repr(settings(tmp_path, intake_token=TOKEN))
 
-
-def test_compare_modes_of_the_light_parser_are_the_diffs() -> None:
-    assert set(COMPARE_MODES) == {m.value for m in Mode}

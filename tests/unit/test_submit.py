@@ -1,8 +1,8 @@
-"""``s3ferry backfill --server``'s HTTP: a socket and a few lines, not ``urllib.request``.
+"""``s3ferry backfill --server``'s calls to the service (urllib.request).
 
 What the service receives (method, target, token, JSON body), what the command makes of the
-answers (JSON, the service's reason on a refusal, chunked or length-delimited bodies, answers
-cut short), and that with a proxy configured the calls still go through it (urllib's way).
+answers (JSON, the service's reason on a refusal, answers cut short), and that with a proxy
+configured the calls go through it.
 """
 
 from __future__ import annotations
@@ -142,28 +142,6 @@ def test_a_refusal_carries_the_services_reason(raw: bytes, status: int, reason: 
     assert str(refused.value) == f"{status} {reason}"
 
 
-@pytest.mark.parametrize(("raw", "body"), [
-    (answer("200 OK", b'{"a": 1}xx', "Content-Length: 8"), b'{"a": 1}'),
-    (answer("200 OK", b"4;ext=1\r\n{\"a\"\r\n4\r\n: 1}\r\n0\r\n\r\n",
-            "Transfer-Encoding: chunked"), b'{"a": 1}'),
-    (answer("200 OK", b'{"a": 1}'), b'{"a": 1}'),  # delimited by the close
-])
-def test_answers_are_read_whole_however_delimited(raw: bytes, body: bytes) -> None:
-    assert submit.parse_answer(raw) == (200, "OK", body)
-
-
-@pytest.mark.parametrize("raw", [
-    answer("200 OK", b'{"a"', "Content-Length: 8"),
-    answer("200 OK", b"8\r\n{\"a\"", "Transfer-Encoding: chunked"),
-    b"HTTP/1.1 200 OK\r\nContent-Le",
-    b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
-    b"",
-])
-def test_a_cut_or_foreign_answer_is_an_error_not_a_result(raw: bytes) -> None:
-    with pytest.raises(ValueError, match=r"cut short|not an HTTP answer"):
-        submit.parse_answer(raw)
-
-
 def test_the_command_says_what_went_wrong_when_the_answer_is_cut(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("S3FERRY_INTAKE_TOKEN", TOKEN)
@@ -171,7 +149,7 @@ def test_the_command_says_what_went_wrong_when_the_answer_is_cut(
         args = submit_args(f"http://127.0.0.1:{server.port}")
         assert submit.submit_backfill(args) == 1
     err = capsys.readouterr().err
-    assert "cut short" in err and TOKEN not in err
+    assert "cannot reach" in err and "IncompleteRead" in err and TOKEN not in err
 
 
 def test_a_token_with_a_line_break_is_refused_before_anything_is_sent() -> None:
@@ -206,43 +184,20 @@ def test_with_a_proxy_configured_the_call_goes_through_it(
     assert f"Bearer {TOKEN}".encode() in request
 
 
-def test_only_proxy_variables_send_calls_through_urllib(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("no_proxy", "localhost")
-    assert not submit.proxied()
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
-    assert submit.proxied()
-
-
-def test_the_command_imports_no_http_library() -> None:
-    """What makes it start in milliseconds: the whole command (``s3ferry backfill --server``,
-    answered by a service) loads neither urllib.request nor http.client, nor botocore and
-    friends, nor typing and shutil (argparse's help formatter imports the latter)."""
+def test_the_command_imports_no_botocore() -> None:
+    """``s3ferry backfill --server`` only sends a request: it loads none of the backfill's
+    own machinery (botocore alone takes about 0.6 s to import)."""
     done = {"id": "r1", "state": "done", "summary": {"enqueued": {"jobs": {"copy": 1}}}}
     with serving(json_answer("201 Created", done)) as server:
         code = ("import sys; from s3ferry.cli import main; "
                 f"code = main(['backfill', '--server', 'http://127.0.0.1:{server.port}']); "
-                "heavy = [m for m in ('urllib.request', 'http.client', 'ssl', 'botocore', "
-                "'aiohttp', 'pydantic', 'common.settings', 'typing', 'shutil') "
-                "if m in sys.modules]; print(code, heavy)")
+                "heavy = [m for m in ('botocore', 'aiobotocore', 'aiohttp', 'pydantic', "
+                "'common.settings') if m in sys.modules]; print(code, heavy)")
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                              text=True, check=True,
                              env={**os.environ, "S3FERRY_INTAKE_TOKEN": TOKEN})
     assert out.stdout.strip().splitlines()[-1] == "0 []"
     assert len(server.requests) == 1
-
-
-@pytest.mark.parametrize("columns", ["50", "120", ""])
-def test_help_is_laid_out_as_argparse_lays_it_out(monkeypatch: pytest.MonkeyPatch,
-                                                  columns: str) -> None:
-    """The formatter that spares the shutil import reads COLUMNS (else the terminal, else 80)
-    as argparse's own does: the help text is the same."""
-    monkeypatch.setenv("COLUMNS", columns)
-    ours = backfill_parser()
-    stock = backfill_parser()
-    stock.formatter_class = argparse.HelpFormatter
-    assert ours.format_help() == stock.format_help()
-    assert ours.format_usage() == stock.format_usage()
 
 
 def submit_args(server: str) -> argparse.Namespace:
