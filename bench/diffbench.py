@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import resource
 import sys
 import time
@@ -47,7 +48,7 @@ def _rss_now() -> int:
 
 
 def _keys(n: int) -> Iterator[tuple[int, str]]:
-    per_dir = -(-n // DIRS)
+    per_dir = math.ceil(n / DIRS)
     for d in range(DIRS):
         for i in range(d * per_dir, min(n, (d + 1) * per_dir)):
             yield i, f"d{d:02d}/key-{i:08d}"

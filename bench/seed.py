@@ -10,6 +10,7 @@ comparable across tools (multipart layouts differ) and not every tool writes che
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from collections.abc import Iterable
@@ -75,7 +76,7 @@ def _put(client: Any, bucket: str, key: str, size: int) -> str:
 def _multipart(client: Any, bucket: str, key: str, size: int, part_size: int) -> dict[str, str]:
     upload = client.create_multipart_upload(Bucket=bucket, Key=key,
                                             ContentType="application/octet-stream")["UploadId"]
-    count = -(-size // part_size)
+    count = math.ceil(size / part_size)
 
     def part(index: int) -> tuple[int, str, str]:
         data = os.urandom(min(part_size, size - index * part_size))

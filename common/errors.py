@@ -17,7 +17,7 @@
     │   ├── ExpiredCredentials  expired or invalid keys; never retried
     │   ├── VerificationFailed  the destination does not match what was read
     │   └── Unsupported       a copy this endpoint pair cannot make (e.g. > max object size)
-    ├── Outcome               not a failure of ours: recorded with a reason, message settled
+    ├── SourceUnavailable     not a failure of ours: recorded with a reason, message settled
     │   ├── SourceVanished    NoSuchKey: deleted after the job was queued
     │   └── SourceArchived    InvalidObjectState: GLACIER / DEEP_ARCHIVE / archive tiers
     └── ConfigError           bad settings, raised at start, never at copy time
@@ -97,15 +97,15 @@ class Unsupported(GiveUp):
     reason = "unsupported"
 
 
-class Outcome(FerryError):
+class SourceUnavailable(FerryError):
     reason = "outcome"
 
 
-class SourceVanished(Outcome):
+class SourceVanished(SourceUnavailable):
     reason = "source_vanished"
 
 
-class SourceArchived(Outcome):
+class SourceArchived(SourceUnavailable):
     reason = "source_archived"
 
 

@@ -273,7 +273,7 @@ class EventPhase:
 
 
 @dataclass(kw_only=True)
-class Outcome:
+class DemoRun:
     objects: int  # in the source at the end, each compared with its copy
     bytes_seeded: int
     totals: Totals
@@ -739,7 +739,7 @@ def _rate(n: int, seconds: float | None) -> str:
     return f"{n / 1e6 / seconds:.1f} MB/s" if seconds else "- MB/s"
 
 
-def _timing_rows(outcome: Outcome) -> list[tuple[str, str]]:
+def _timing_rows(outcome: DemoRun) -> list[tuple[str, str]]:
     times, copied = outcome.timings, outcome.totals.bytes_copied
     drained = outcome.drained_after
     return [
@@ -753,7 +753,7 @@ def _timing_rows(outcome: Outcome) -> list[tuple[str, str]]:
     ]
 
 
-def _verdict(outcome: Outcome, label: str, fields: frozenset[str],
+def _verdict(outcome: DemoRun, label: str, fields: frozenset[str],
              what: str) -> tuple[str, str]:
     equal = outcome.equal(fields)
     verdict = "yes" if equal == outcome.objects else "NO"
@@ -790,7 +790,7 @@ def _event_rows(ev: EventPhase | None) -> list[tuple[str, str]]:
     ]
 
 
-def _final_rows(outcome: Outcome) -> list[tuple[str, str]]:
+def _final_rows(outcome: DemoRun) -> list[tuple[str, str]]:
     rows = [_verdict(outcome, "every object byte-equal", BYTE_FIELDS, "size and sha256"),
             _verdict(outcome, "metadata and tags equal", META_FIELDS,
                      "headers, user metadata, tags")]
@@ -808,7 +808,7 @@ def _final_rows(outcome: Outcome) -> list[tuple[str, str]]:
     return rows
 
 
-def render(outcome: Outcome) -> str:
+def render(outcome: DemoRun) -> str:
     """The human-readable summary table."""
     t = outcome.totals
     rows: list[tuple[str, str]] = [
@@ -837,7 +837,7 @@ def render(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def problems(outcome: Outcome) -> list[str]:
+def problems(outcome: DemoRun) -> list[str]:
     """Everything that makes the run a failure; empty means exit 0."""
     out = list(outcome.totals.unreported) + [d.text for d in outcome.mismatches]
     if failed := outcome.totals.results["failed"]:
@@ -915,7 +915,7 @@ def announce(workers: Iterable[WorkerProcess], label: str = "worker") -> None:
             f"log {worker.log_path}")
 
 
-def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) -> Outcome:
+def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) -> DemoRun:
     """Every phase, timed; ``workers`` receives the worker processes as soon as they start."""
     began = time.monotonic()
     timings: dict[str, float] = {}
@@ -930,7 +930,7 @@ def run(bed: LocalBed, workdir: Path, small: int, workers: list[WorkerProcess]) 
 
 
 def ferry(bed: LocalBed, clients: Clients, workdir: Path, objects: Sequence[DemoObject],
-          workers: list[WorkerProcess], timings: dict[str, float]) -> Outcome:
+          workers: list[WorkerProcess], timings: dict[str, float]) -> DemoRun:
     """Seed, backfill, copy with the workers, event mode, verify: the demo proper."""
     total = sum(o.size for o in objects)
     config = workdir / "s3ferry.toml"
@@ -950,7 +950,7 @@ def ferry(bed: LocalBed, clients: Clients, workdir: Path, objects: Sequence[Demo
         mismatches = verify_all(clients, keys)
         extras = extra_keys(clients, keys)
         rerun = run_backfill(workdir, config, queues, "--dry-run", "--compare", "checksum")
-    return Outcome(objects=len(keys), bytes_seeded=total, totals=add_summaries(copiers),
+    return DemoRun(objects=len(keys), bytes_seeded=total, totals=add_summaries(copiers),
                    workers=copiers, worker_codes=watch.codes, mismatches=mismatches,
                    dlq_messages=queue_depth(clients.sqs, queues.dlq_url),
                    queue_left=queue_depth(clients.sqs, queues.queue_url), timings=timings,

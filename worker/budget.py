@@ -10,6 +10,7 @@ Waiters are served in arrival order: a large part is not starved by a stream of 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -32,7 +33,7 @@ class ByteBudget:
 
     def units_for(self, nbytes: int) -> int:
         """Units a buffer of ``nbytes`` takes: at least one, at most the whole budget."""
-        return max(1, min(self.units, -(-nbytes // self.unit_bytes)))
+        return max(1, min(self.units, math.ceil(nbytes / self.unit_bytes)))
 
     @asynccontextmanager
     async def take(self, nbytes: int) -> AsyncIterator[None]:

@@ -56,8 +56,8 @@ from common.errors import (
     AnswerLost,
     FerryError,
     GiveUp,
-    Outcome,
     SourceChanged,
+    SourceUnavailable,
     UploadBusy,
     UploadGone,
 )
@@ -93,7 +93,7 @@ class UploadedPart:
 
 def final_failure(exc: BaseException | None) -> bool:
     """Failures after which a kept upload could never be completed correctly."""
-    return isinstance(exc, GiveUp | Outcome | SourceChanged) or (
+    return isinstance(exc, GiveUp | SourceUnavailable | SourceChanged) or (
         isinstance(exc, FerryError) and getattr(exc, "final", False))
 
 

@@ -23,6 +23,7 @@ of them: part number 10,000 is the upload's claim, never data (:mod:`worker.mult
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -102,9 +103,9 @@ def part_size_for(size: int, preferred: int) -> int:
     if size > DATA_PARTS * MAX_PART_SIZE:
         raise Unsupported(f"object of {size} bytes exceeds {DATA_PARTS} parts of 5 GiB")
     chosen = max(preferred, MIN_PART_SIZE)
-    needed = -(-size // DATA_PARTS)  # ceil
+    needed = math.ceil(size / DATA_PARTS)
     if needed > chosen:
-        chosen = -(-needed // MIB) * MIB
+        chosen = math.ceil(needed / MIB) * MIB
     return min(chosen, MAX_PART_SIZE)
 
 
@@ -119,7 +120,7 @@ def preferred_part_size(size: int, limits: Limits) -> int:
     """``limits.part_size``, doubled while the object needs more than GROW_ABOVE_PARTS parts
     and MIN_PARTS_IN_FLIGHT of the larger ones still fit in ``limits.part_budget``."""
     chosen = limits.part_size
-    while (-(-size // chosen) > GROW_ABOVE_PARTS
+    while (math.ceil(size / chosen) > GROW_ABOVE_PARTS
            and 2 * chosen * MIN_PARTS_IN_FLIGHT <= limits.part_budget):
         chosen *= 2
     return chosen
@@ -169,7 +170,7 @@ def fits_layout(size: int, part_size: int | None, parts_count: int | None) -> bo
     """Whether copying in the source's own part layout is possible within S3's limits."""
     if not part_size or not parts_count or part_size > MAX_PART_SIZE:
         return False
-    count = -(-size // part_size)
+    count = math.ceil(size / part_size)
     return count == parts_count <= DATA_PARTS and (count == 1 or part_size >= MIN_PART_SIZE)
 
 

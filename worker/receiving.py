@@ -12,6 +12,7 @@ end once the queue holds nothing visible, delayed or in flight.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -53,7 +54,7 @@ class Receiver:
         self.stopping = asyncio.Event()
         self.idle_exit = False  # the loops ended because the queue was empty
         self.loops = settings.receivers or min(
-            MAX_AUTO_RECEIVERS, -(-settings.max_jobs // SQS_MAX_BATCH))
+            MAX_AUTO_RECEIVERS, math.ceil(settings.max_jobs / SQS_MAX_BATCH))
 
     async def run(self) -> None:
         """Until stopped (or idle): ``loops`` receive loops at once."""

@@ -26,9 +26,9 @@ from common import checksums
 from common.errors import (
     FerryError,
     GiveUp,
-    Outcome,
     RetryNow,
     SourceChanged,
+    SourceUnavailable,
     SourceVanished,
     UploadBusy,
     UploadGone,
@@ -110,7 +110,7 @@ class Replicator:
             return await self._copy(job, final_attempt=final_attempt, first_attempt=True)
         try:
             result = await self._copy(job, final_attempt=final_attempt)
-        except (GiveUp, Outcome):
+        except (GiveUp, SourceUnavailable):
             await self._clear_leftovers(job, final_attempt=True)
             raise
         except FerryError:

@@ -32,10 +32,10 @@ from common.errors import (
     AnswerLost,
     FerryError,
     GiveUp,
-    Outcome,
     Redeliver,
     RetryNow,
     SourceChanged,
+    SourceUnavailable,
 )
 from common.metrics import WorkerMetrics
 from common.retry import RetryPolicy, retrying
@@ -116,8 +116,8 @@ def part_checksums(src: SourceObject, algorithm: str,
             for p in split(len(data), src.part_size)]
 
 
-_SEVERITY: tuple[type[BaseException], ...] = (GiveUp, Outcome, SourceChanged, Redeliver,
-                                              RetryNow, FerryError, Exception)
+_SEVERITY: tuple[type[BaseException], ...] = (GiveUp, SourceUnavailable, SourceChanged,
+                                              Redeliver, RetryNow, FerryError, Exception)
 
 
 def most_significant(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -67,7 +67,7 @@ _REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed"
 USER_AGENT = "s3ferry-wire"
 
 
-class Unsupported(Exception):
+class LeaveToBotocore(Exception):
     """This call is botocore's to make (an argument the wire does not serialise)."""
 
 
@@ -143,7 +143,7 @@ def _http_date(value: datetime) -> str:
 def _copy_source(value: object) -> str:
     """CopySource as botocore writes it: ``bucket/key`` percent-encoded, then the version."""
     if not isinstance(value, Mapping) or set(value) - {"Bucket", "Key", "VersionId"}:
-        raise Unsupported("CopySource")
+        raise LeaveToBotocore("CopySource")
     encoded = quote(f"{value['Bucket']}/{value['Key']}", safe="-._~/")
     version = value.get("VersionId")
     return encoded if version is None else f"{encoded}?versionId={version}"
@@ -168,7 +168,7 @@ class Request:
         for name, value in kwargs.items():
             member = members.get(name)
             if member is None or name in _UNSUPPORTED:
-                raise Unsupported(name)
+                raise LeaveToBotocore(name)
             self._add(name, member, value)
 
     def _add(self, name: str, member: _Member, value: Any) -> None:
@@ -178,7 +178,7 @@ class Request:
             self._uri(name, value)
         elif member.location == "body":
             if not isinstance(value, BufferBody | bytes):
-                raise Unsupported(name)
+                raise LeaveToBotocore(name)
             self.body = value
         elif member.location == "headers":
             self._metadata(member.name, value)
@@ -187,7 +187,7 @@ class Request:
         elif member.location == "querystring":
             self.query.append((member.name, _scalar(member, value)))
         else:
-            raise Unsupported(name)
+            raise LeaveToBotocore(name)
 
     def _uri(self, name: str, value: Any) -> None:
         if name == "Bucket" and isinstance(value, str):
@@ -195,22 +195,22 @@ class Request:
         elif name == "Key" and isinstance(value, str) and value:
             self.key = value
         else:
-            raise Unsupported(name)
+            raise LeaveToBotocore(name)
 
     def _metadata(self, prefix: str, value: Any) -> None:
         if not isinstance(value, Mapping):
-            raise Unsupported(prefix)
+            raise LeaveToBotocore(prefix)
         for key, item in value.items():
             if not (isinstance(key, str) and isinstance(item, str) and key.isascii()
                     and item.isascii() and "\n" not in item and "\r" not in item):
-                raise Unsupported(prefix)  # botocore's own checks and errors apply
+                raise LeaveToBotocore(prefix)  # botocore's own checks and errors apply
             self.headers[prefix + key] = item
 
 
 def _scalar(member: _Member, value: Any) -> str:
     if member.kind == "string" and isinstance(value, str):
         if "\n" in value or "\r" in value or not value.isascii():
-            raise Unsupported(member.name)
+            raise LeaveToBotocore(member.name)
         return value
     if member.kind in {"integer", "long"} and isinstance(value, int) and not isinstance(
             value, bool):
@@ -220,7 +220,7 @@ def _scalar(member: _Member, value: Any) -> str:
     if (member.kind == "timestamp" and isinstance(value, datetime)
             and member.timestamp_format in {None, "rfc822"}):
         return _http_date(value)
-    raise Unsupported(member.name)
+    raise LeaveToBotocore(member.name)
 
 
 def _members(operation_model: Any) -> dict[str, _Member]:
@@ -308,7 +308,7 @@ class WireS3:
         op = self._ops[method]
         try:
             request = self._request(op, kwargs)
-        except Unsupported:
+        except LeaveToBotocore:
             request = None
         target = await self._target(request.bucket) if request is not None else None
         if request is None or target is None:
@@ -329,11 +329,11 @@ class WireS3:
     def _request(self, op: _Operation, kwargs: Mapping[str, Any]) -> Request:
         request = Request(op.members, kwargs)
         if not request.bucket or not request.key:
-            raise Unsupported("Bucket/Key")
+            raise LeaveToBotocore("Bucket/Key")
         if op.name in {"PutObject", "UploadPart"} and (
                 "ChecksumAlgorithm" in kwargs or (self._endpoint.checksums == "when_supported"
                                                   and not _CHECKSUM_MEMBERS & kwargs.keys())):
-            raise Unsupported("checksum")  # botocore would compute one itself
+            raise LeaveToBotocore("checksum")  # botocore would compute one itself
         if op.name == "GetObject" and self._endpoint.checksums == "when_supported":
             request.headers.setdefault("x-amz-checksum-mode", "ENABLED")  # as botocore asks
         return request

@@ -13,9 +13,9 @@ from typing import Any, cast
 import pytest
 
 from s3ferry.demo import (
+    DemoRun,
     Difference,
     EventPhase,
-    Outcome,
     Totals,
     WorkerProcess,
     problems,
@@ -69,10 +69,10 @@ def test_demo_backfills_then_mirrors_events_byte_equal(tmp_path: Path) -> None:
     assert re.match(r"yes\b", _value("verdict", out)), out
 
 
-def _outcome(**extra: Any) -> Outcome:
+def _outcome(**extra: Any) -> DemoRun:
     totals = Totals(bytes_copied=3)
     totals.add({"results": {"copied": 3, "failed": 1}, "dead_letters": {"s3:403": 1}})
-    return Outcome(
+    return DemoRun(
         objects=4, bytes_seeded=4, totals=totals, workers=[], worker_codes=[],
         mismatches=[Difference("a", frozenset({"tags"}), "'a': tags differ"),
                     Difference("b", frozenset({"missing"}), "'b': missing")],
