@@ -9,10 +9,12 @@ GetObject, HeadObject, PutObject, UploadPart and CopyObject itself:
 - the bucket's base URL, signing region and service come from one request per bucket that
   botocore builds and signs but never sends, so endpoint rules, addressing style, regions and
   auth scheme stay botocore's;
-- it is signed by :mod:`worker.sigv4` with credentials from botocore's provider (refresh keeps
-  working), payload signing decided as botocore decides it (``Endpoint.sign_payload``);
-- it is sent on the endpoint's own keep-alive connections (:mod:`worker.connections`), as
-  many as its pool size, with its timeouts and botocore's certificate checks;
+- it is signed by awscrt's SigV4 signer with credentials from botocore's provider (refresh
+  keeps working), payload signing decided as botocore decides it (``Endpoint.sign_payload``);
+- it is sent by aiohttp on the endpoint's own keep-alive connections, as many as its pool
+  size, with its timeouts and botocore's certificate checks; an upload asks
+  ``Expect: 100-continue`` as botocore's do, and an answer that comes before the body was
+  sent (S3 refusing an upload from its headers) is that answer;
 - the answer goes through botocore's response parser and error classes, so callers get the
   same dicts and the same ``ClientError`` codes as from the botocore client.
 
@@ -39,20 +41,22 @@ from email.utils import formatdate
 from functools import partial
 from hashlib import sha256
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 from xml.etree import ElementTree
 
+import aiohttp
+from awscrt import auth as crt_auth
+from awscrt import http as crt_http
 from botocore.awsrequest import HeadersDict
 from botocore.httpsession import create_urllib3_context, get_cert_path
 from botocore.parsers import create_parser
 from botocore.utils import get_environ_proxies
+from yarl import URL
 
 from common import checksums
 from common.clients import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, ClientPool
 from common.settings import Endpoint
 from worker.answers import AnswerReader
-from worker.connections import Connections, Origin, Response
-from worker.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, Keys, Signer, canonical_query
 from worker.source import BufferBody
 
 OPERATIONS = {"get_object": "GetObject", "head_object": "HeadObject",
@@ -65,6 +69,9 @@ _CHECKSUM_MEMBERS = frozenset(f"Checksum{a}" for a in checksums.ALL_ALGORITHMS)
 _REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed",
                              "IllegalLocationConstraintException", "301", "307"})
 USER_AGENT = "s3ferry-wire"
+EMPTY_SHA256 = sha256(b"").hexdigest()
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+_UPLOADS = frozenset({"PutObject", "UploadPart"})
 
 
 class LeaveToBotocore(Exception):
@@ -78,8 +85,8 @@ class Target:
     base: str  # scheme://host[:port]/path-prefix/ ; the quoted key follows
     host: str
     path_prefix: str
-    signer: Signer
-    origin: Origin
+    region: str  # the signing scope's
+    tls: bool
 
 
 PROBE_KEY = "s3ferry-wire-probe-7c1e"
@@ -120,8 +127,8 @@ def target_from_probe(url: str, headers: Mapping[str, Any]) -> Target | None:
     base = f"{parts.scheme}://{parts.netloc}{prefix}"
     if get_environ_proxies(base).get(parts.scheme):
         return None
-    return Target(base=base, host=parts.netloc, path_prefix=prefix,
-                  signer=Signer(region=scope[2], service=scope[3]), origin=Origin.of(base))
+    return Target(base=base, host=parts.netloc, path_prefix=prefix, region=scope[2],
+                  tls=parts.scheme == "https")
 
 
 def copy_answer(body: bytes) -> ElementTree.Element | None:
@@ -237,11 +244,11 @@ def _members(operation_model: Any) -> dict[str, _Member]:
 class _Body:
     """A GET's streaming body: ``read(n)`` and ``async with`` like botocore's."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
     async def read(self, amt: int = -1) -> bytes:
-        return await self._response.read(amt)
+        return await self._response.content.read(amt)
 
     async def __aenter__(self) -> _Body:
         return self
@@ -267,11 +274,12 @@ class WireS3:
     """A botocore S3 client whose hot-path calls go straight over HTTP (see module doc)."""
 
     def __init__(self, client: Any, *, endpoint: Endpoint, credentials: Any,
-                 http: Connections) -> None:
+                 http: aiohttp.ClientSession) -> None:
         self._client = client
         self._endpoint = endpoint
         self._credentials = credentials
         self._http = http
+        self._signing: dict[tuple[Any, ...], crt_auth.AwsSigningConfig] = {}
         self._parser = create_parser("rest-xml")
         self._targets: dict[str, Target | None] = {}
         model = client.meta.service_model
@@ -318,7 +326,7 @@ class WireS3:
         if status >= 300:
             code = str(parsed.get("Error", {}).get("Code"))
             region = parsed["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region")
-            if code in _REDIRECT_CODES or (region and region != target.signer.region):
+            if code in _REDIRECT_CODES or (region and region != target.region):
                 # the bucket lives in another region: botocore knows how to follow
                 self._targets[request.bucket] = None
                 redirected: dict[str, Any] = await getattr(self._client, method)(**kwargs)
@@ -353,36 +361,62 @@ class WireS3:
             return EMPTY_SHA256
         return sha256(body).hexdigest()
 
-    async def _keys(self) -> Keys:
+    async def _signing_config(self, target: Target) -> crt_auth.AwsSigningConfig:
+        """SigV4 for S3 (no double encoding, no path normalising) with the credentials
+        botocore's provider holds now (a refresh makes a new config)."""
         frozen = await self._credentials.get_frozen_credentials()
-        return Keys(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                    token=frozen.token)
+        key = (frozen.access_key, frozen.secret_key, frozen.token, target.region)
+        config = self._signing.get(key)
+        if config is None:
+            if len(self._signing) >= 16:
+                self._signing.clear()
+            config = self._signing[key] = crt_auth.AwsSigningConfig(
+                algorithm=crt_auth.AwsSigningAlgorithm.V4,
+                signature_type=crt_auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
+                credentials_provider=crt_auth.AwsCredentialsProvider.new_static(
+                    frozen.access_key, frozen.secret_key, frozen.token),
+                region=target.region, service="s3", use_double_uri_encode=False,
+                should_normalize_uri_path=False,
+                signed_body_header_type=crt_auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256)
+        return config
+
+    async def _sign(self, method: str, path: str, headers: Mapping[str, str], *,
+                    payload_hash: str, target: Target) -> list[tuple[str, str]]:
+        """The headers to send, signed (X-Amz-Date, payload hash, token, Authorization)."""
+        config = (await self._signing_config(target)).replace(signed_body_value=payload_hash)
+        request = crt_http.HttpRequest(method, path, crt_http.HttpHeaders(list(headers.items())))
+        signing = crt_auth.aws_sign_request(request, config)
+        if not signing.done():  # with static credentials it is, at once
+            await asyncio.wrap_future(signing)
+        signing.result()
+        return list(request.headers)
 
     async def _send(self, op: _Operation, request: Request,
                     target: Target) -> tuple[int, dict[str, Any]]:
-        key = quote(request.key, safe="/~")
-        query = canonical_query(request.query)
-        path = target.path_prefix + key
+        query = urlencode(sorted(request.query), quote_via=quote, safe="-_.~")
+        path = target.path_prefix + quote(request.key, safe="/~") + (f"?{query}" if query
+                                                                       else "")
         headers = {"host": target.host, **request.headers}
-        body = request.body.view() if isinstance(request.body, BufferBody) else request.body
-        signed = target.signer.sign(
-            method=op.method, path=path, query=query, headers=headers,
-            payload_hash=self._payload_hash(request, body, tls=target.origin.scheme == "https"),
-            keys=await self._keys(), now=datetime.now(UTC))
-        signed["User-Agent"] = USER_AGENT
-        signed["Accept-Encoding"] = "identity"
-        if body is not None or op.method in {"PUT", "POST"}:
-            signed["Content-Length"] = str(len(body) if body is not None else 0)
+        data = request.body
+        body = data.view() if isinstance(data, BufferBody) else data
+        if isinstance(data, BufferBody):
+            data.seek(0)  # all of it, whatever an earlier attempt read (BufferBodyPayload)
+        signed = await self._sign(op.method, path, headers, target=target, payload_hash=(
+            self._payload_hash(request, body, tls=target.tls)))
         response = await self._http.request(
-            target.origin, op.method, path + (f"?{query}" if query else ""), signed, body)
+            op.method, URL(target.base.removesuffix(target.path_prefix) + path, encoded=True),
+            headers=[*signed, ("Accept-Encoding", "identity")], data=data,
+            expect100=op.name in _UPLOADS and data is not None, allow_redirects=False)
         try:
             return await self._parse(op, response)
         except BaseException:
             response.release()
             raise
 
-    async def _parse(self, op: _Operation, response: Response) -> tuple[int, dict[str, Any]]:
-        headers = response.headers
+    async def _parse(self, op: _Operation,
+                     response: aiohttp.ClientResponse) -> tuple[int, dict[str, Any]]:
+        headers = {name.lower(): ", ".join(response.headers.getall(name))
+                   for name in response.headers}
         status = response.status
         if status < 300 and op.answers.streaming:
             return status, op.answers.read(status, headers, _Body(response))
@@ -448,7 +482,13 @@ class WireClients:
         credentials = await self._clients.credentials(name)
         if not ep.direct_requests or credentials is None:  # no keys: botocore says so
             return client
-        http = Connections(limit=self._pool, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                           read_timeout=self._read_timeout, ssl_context=ssl_context)
+        plain = (ep.endpoint_url or "").lower().startswith("http://")
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._pool,
+                                           ssl=False if plain else ssl_context()),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS,
+                                          sock_read=self._read_timeout),
+            auto_decompress=False, skip_auto_headers=("User-Agent", "Content-Type"),
+            headers={"User-Agent": USER_AGENT})
         self._stack.push_async_callback(http.close)
         return WireS3(client, endpoint=ep, http=http, credentials=credentials)

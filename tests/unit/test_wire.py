@@ -1,6 +1,7 @@
-"""The worker's own S3 requests (worker.wire, worker.sigv4) against botocore's, on a loopback
-HTTP server: the same requests on the wire, signatures botocore agrees with, the same parsed
-answers and errors; and the calls it does not know go through botocore.
+"""The worker's own S3 requests (worker.wire: aiohttp, awscrt's signer) against botocore's,
+on a loopback HTTP server: the same requests on the wire, signatures botocore agrees with, the
+same parsed answers and errors, a refusal answered before the body was read; and the calls it
+does not know go through botocore.
 
 Against real servers (LocalStack, rclone, which checks signatures) in
 tests/integration/test_wire_servers.py.
@@ -8,6 +9,7 @@ tests/integration/test_wire_servers.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -26,7 +28,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 
 from common import clients
 from common.settings import Endpoint, StaticCredentials
-from worker import sigv4, wire
+from worker import wire
 from worker.source import BufferBody
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,17 +193,52 @@ def _botocore_signature(monkeypatch: pytest.MonkeyPatch, url: str, seen: Seen,
     return str(request.headers["Authorization"])
 
 
-def test_the_signing_key_is_cached_and_keys_never_print_their_secret() -> None:
-    signer = sigv4.Signer(region="us-east-1")
-    keys = sigv4.Keys(access_key="AK", secret_key="topsecret", token="tok")
-    now = datetime(2026, 11, 22, 1, 2, 3, tzinfo=UTC)
-    first = signer.sign(method="GET", path="/b/k", query="", headers={"host": "h"},
-                        payload_hash=sigv4.EMPTY_SHA256, keys=keys, now=now)
-    again = signer.sign(method="GET", path="/b/k", query="", headers={"host": "h"},
-                        payload_hash=sigv4.EMPTY_SHA256, keys=keys, now=now)
-    assert first == again and len(signer._keys) == 1
-    assert "topsecret" not in repr(keys) and "tok" not in repr(keys)
-    assert "topsecret" not in str(first)
+class Rotating:
+    """Credentials a provider refreshed between two calls."""
+
+    def __init__(self) -> None:
+        self.keys = [Credentials("AKIDFIRST", "s1"), Credentials("AKIDSECOND", "s2", "tok")]
+
+    async def get_frozen_credentials(self) -> Any:
+        return self.keys[0] if len(self.keys) == 1 else self.keys.pop(0)
+
+
+async def test_each_request_is_signed_with_the_keys_the_provider_holds_now(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with fake_s3() as s3, both(endpoint(s3.url)) as (_, fast):
+        s3.answer = Answer(headers={"ETag": '"e1"'})
+        fast._credentials = Rotating()
+        await fast.get_object(Bucket="bkt", Key="k")
+        await fast.get_object(Bucket="bkt", Key="k")
+    first, second = (seen.headers["authorization"] for seen in s3.seen)
+    assert "Credential=AKIDFIRST/" in first and "Credential=AKIDSECOND/" in second
+    assert s3.seen[1].headers["x-amz-security-token"] == "tok"
+
+
+async def test_a_refusal_answered_before_the_body_was_read_is_that_refusal() -> None:
+    """S3 refuses an upload from its headers (403) and closes without reading the body."""
+    error = (b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code>"
+             b"<Message>Access Denied</Message></Error>")
+    refusal = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+               b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(error), error))
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        writer.write(refusal)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()  # closed with the body unread
+
+    seen: list[bytes] = []
+    listener = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    async with listener, both(endpoint(url)) as (_, fast):
+        with pytest.raises(ClientError) as refused:
+            await fast.put_object(Bucket="bkt", Key="k", Body=BufferBody(bytes(32 * 1024 * 1024)),
+                                  ChecksumCRC32="AAAAAA==")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert b"expect: 100-continue" in seen[-1].lower()  # asked, as botocore asks
 
 
 HEAD_ANSWER = {
@@ -364,7 +401,7 @@ def test_bucket_targets_come_from_botocores_own_request(url: str, auth: str | No
         assert target is None
         return
     assert target is not None
-    assert (target.base, target.host, target.path_prefix, target.signer.region) == expected
+    assert (target.base, target.host, target.path_prefix, target.region) == expected
 
 
 async def test_the_probe_never_leaves_the_process_and_other_heads_still_do() -> None:
